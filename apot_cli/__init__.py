@@ -1,0 +1,1 @@
+"""The ``apot`` console command (``apot qat``, ``apot parity``)."""

@@ -1,0 +1,192 @@
+"""The static APoT level table, shared by ``apot_jax`` and ``apot_torch``.
+
+Everything here depends only on ``(b, k, signed)`` and is computed once on the
+host with exact integer arithmetic (numpy + Python ints), so both frameworks
+start from the very same bits. See ``docs/numerics.md`` sections 1 and 3.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Largest number of combinations (levels) a table may have. 2**16 covers every
+#: unsigned configuration up to b = 16; the prototype-compatible signed tables
+#: grow as (2**(k+1) - 1)**n and hit this first.
+MAX_LEVELS = 2**16
+
+#: Largest exponent a term may have: beyond this the terms are far below the
+#: float32 range and the exact sums would be megabit integers.
+MAX_TERM_EXPONENT = 1024
+
+#: Smallest normal float32; anything smaller in magnitude counts as zero.
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def validate_bits(b: int, k: int) -> int:
+    """Check ``(b, k)`` and return ``n = b // k`` (raises ``ValueError``)."""
+    for name, value in (("b", b), ("k", k)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if b % k != 0:
+        raise ValueError(f"b must be a multiple of k, got b={b}, k={k}")
+    return int(b) // int(k)
+
+
+def num_combinations(b: int, k: int, signed: bool) -> int:
+    """Number of level combinations (codes) of the ``(b, k, signed)`` table."""
+    n = validate_bits(b, k)
+    per_term = 2 ** (k + 1) - 1 if signed else 2**k
+    return per_term**n
+
+
+def _round_to_float32(numerator: int, exponent: int) -> float:
+    """``numerator * 2**-exponent`` rounded to float32, ties to even.
+
+    Results below the normal range are flushed to a zero of the same sign
+    (numerics doc, 3).
+    """
+    if numerator == 0:
+        return 0.0
+    sign = -1.0 if numerator < 0 else 1.0
+    m = abs(numerator)
+    shift = m.bit_length() - 24
+    if shift > 0:
+        q, rem = m >> shift, m & ((1 << shift) - 1)
+        half = 1 << (shift - 1)
+        if rem > half or (rem == half and q & 1):
+            q += 1
+        m, exponent = q, exponent - shift
+    # m fits in 25 bits and 2**-exponent is a power of two: the product is exact
+    # in float64 and, being a 24-bit mantissa, exactly representable in float32.
+    value = float(m) * 2.0 ** (-exponent)
+    if value < FLOAT32_TINY:
+        return sign * 0.0
+    return sign * value
+
+
+@dataclass(frozen=True)
+class LevelTable:
+    """Static level table of one ``(b, k, signed)`` configuration.
+
+    Attributes:
+      b, k, n, signed: the configuration (``n = b // k`` additive terms).
+      p_sum: ``2 - 2**(1 - n)``, the sum of the largest term of each P_i.
+      base_sum: ``(N,)`` float32, the exact sum of combination ``c`` rounded
+        to float32 (ties to even), indexed by the APoT code ``c``.
+      level_indices: ``(N,)`` int32, the codes in ascending order of their
+        exact sums (stable: equal sums keep the lower code first).
+      sorted_mantissa, sorted_exponent: ``(N,)`` float32 / int32 with
+        ``base_sum[level_indices] == sorted_mantissa * 2**sorted_exponent``,
+        ``|sorted_mantissa|`` in ``[1, 2)`` (or 0). Levels are formed from these
+        so that the gamma product never leaves the normal float32 range.
+    """
+
+    b: int
+    k: int
+    n: int
+    signed: bool
+    p_sum: float
+    base_sum: np.ndarray
+    level_indices: np.ndarray
+    sorted_mantissa: np.ndarray
+    sorted_exponent: np.ndarray
+
+    @property
+    def num_levels(self) -> int:
+        return int(self.base_sum.shape[0])
+
+
+def _term_sets(k: int, n: int, signed: bool) -> list[list[int]]:
+    """P_i as exponents: ``e`` stands for ``2**-e``, ``-e - 1`` for ``-2**-e``.
+
+    Encoded as signed integers over a common denominator later; here we only
+    keep the prototype's ordering.
+    """
+    sets = []
+    for i in range(n):
+        exps = [i + j * n for j in range(2**k - 1)]
+        if signed:
+            # Descending: largest positive first, zero in the middle.
+            terms = [("+", e) for e in exps] + [("0", 0)] + [("-", e) for e in reversed(exps)]
+        else:
+            terms = [("0", 0)] + [("+", e) for e in exps]
+        sets.append(terms)
+    return sets
+
+
+def level_table(b: int, k: int, signed: bool = False) -> LevelTable:
+    """The static level table of ``(b, k, signed)``, built once and cached.
+
+    Raises:
+      ValueError: invalid ``(b, k)``, or a table larger than ``MAX_LEVELS``
+        combinations or with terms finer than ``2**-MAX_TERM_EXPONENT``.
+    """
+    validate_bits(b, k)  # before the cache: 4.0 must not hit the entry of 4
+    return _build_level_table(int(b), int(k), bool(signed))
+
+
+@functools.lru_cache(maxsize=None)
+def _build_level_table(b: int, k: int, signed: bool) -> LevelTable:
+    n = b // k
+    count = num_combinations(b, k, signed)
+    if count > MAX_LEVELS:
+        raise ValueError(
+            f"APoT table for b={b}, k={k}, signed={signed} has {count} levels; "
+            f"the limit is {MAX_LEVELS} (choose a smaller b or k)"
+        )
+    denom_exp = n * (2**k - 1) - 1  # largest exponent of any term
+    if denom_exp > MAX_TERM_EXPONENT:
+        raise ValueError(
+            f"APoT terms for b={b}, k={k} go down to 2**-{denom_exp}, beyond the "
+            f"supported 2**-{MAX_TERM_EXPONENT} (choose a smaller k)"
+        )
+
+    def as_int(term: tuple[str, int]) -> int:
+        kind, e = term
+        if kind == "0":
+            return 0
+        value = 1 << (denom_exp - e)
+        return value if kind == "+" else -value
+
+    int_sets = [[as_int(t) for t in terms] for terms in _term_sets(k, n, signed)]
+    exact = [sum(combo) for combo in itertools.product(*int_sets)]
+    base_sum = np.array([_round_to_float32(s, denom_exp) for s in exact], dtype=np.float32)
+    # Python's sort is stable: equal exact sums keep the lower code first.
+    perm = np.array(sorted(range(count), key=exact.__getitem__), dtype=np.int32)
+
+    sorted_base = base_sum[perm].astype(np.float64)
+    mantissa, exponent = np.frexp(sorted_base)  # mantissa in [0.5, 1)
+    mantissa = np.where(sorted_base == 0, sorted_base, mantissa * 2.0)  # keeps -0.0
+    exponent = np.where(sorted_base == 0, 0, exponent - 1)
+
+    arrays = [base_sum, perm, mantissa.astype(np.float32), exponent.astype(np.int32)]
+    for a in arrays:
+        a.setflags(write=False)
+    return LevelTable(
+        b=b,
+        k=k,
+        n=n,
+        signed=signed,
+        p_sum=2.0 - 2.0 ** (1 - n),
+        base_sum=arrays[0],
+        level_indices=arrays[1],
+        sorted_mantissa=arrays[2],
+        sorted_exponent=arrays[3],
+    )
+
+
+def grid_size(num_levels: int) -> int:
+    """Number of cells of the rounding grid (see ``docs/numerics.md``, 5).
+
+    A power of two >= 32 per level: enough for at most one distinct decision
+    threshold per cell whenever the level spacing allows it (every k <= 2 up to
+    b = 8, signed or not); when it does not, the quantizers fall back to a
+    binary search, so this only affects speed, never results.
+    """
+    return int(min(2**16, max(64, 1 << int(np.ceil(np.log2(32 * num_levels))))))

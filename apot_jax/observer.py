@@ -1,0 +1,115 @@
+"""Observer state and qparams in JAX: pure functions, state held by the caller.
+
+Mirrors ``apot_torch/observer.py``. Flax modules keep the ``ObserverState``
+fields as variables; see ``apot_jax/fake_quantize.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from apot_common.tables import level_table
+from apot_jax import levels as _levels
+
+
+class ObserverState(NamedTuple):
+    """Running statistics: float32 scalars (or arrays for per-channel use)."""
+
+    min_val: jax.Array
+    max_val: jax.Array
+
+
+def init_observer_state() -> ObserverState:
+    """State before any observation: ``min_val = +inf``, ``max_val = -inf``."""
+    return ObserverState(jnp.float32(jnp.inf), jnp.float32(-jnp.inf))
+
+
+def observe(state: ObserverState, x: jax.Array) -> ObserverState:
+    """Fold the finite values of ``x`` (any shape, floating) into the running min/max.
+
+    NaN and +-inf are ignored, subnormals count as zero, an empty ``x`` leaves
+    the state unchanged. Statistics are float32 whatever ``x``'s dtype.
+    """
+    x = _as_float32(x, "observe")
+    x = _levels.flush_subnormal(x)
+    finite = jnp.isfinite(x)
+    lo = jnp.min(jnp.where(finite, x, jnp.inf), initial=jnp.inf)
+    hi = jnp.max(jnp.where(finite, x, -jnp.inf), initial=-jnp.inf)
+    return ObserverState(
+        jnp.minimum(jnp.asarray(state.min_val, jnp.float32), lo),
+        jnp.maximum(jnp.asarray(state.max_val, jnp.float32), hi),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class APoTQParams:
+    """Quantization parameters: a pytree of arrays plus static ``(b, k, signed)``.
+
+    Attributes:
+      alpha: float32 scalar, the clipping value ``max(-min_val, max_val)``.
+      gamma: float32 scalar, ``alpha / p_sum`` correctly rounded.
+      quantization_levels: ``(N,)`` float32, ascending.
+      level_indices: ``(N,)`` int32, the APoT code of each sorted level.
+      b, k, signed: the static configuration (pytree metadata).
+    """
+
+    alpha: jax.Array
+    gamma: jax.Array
+    quantization_levels: jax.Array
+    level_indices: jax.Array
+    b: int
+    k: int
+    signed: bool
+
+
+jax.tree_util.register_dataclass(
+    APoTQParams,
+    data_fields=["alpha", "gamma", "quantization_levels", "level_indices"],
+    meta_fields=["b", "k", "signed"],
+)
+
+
+def calculate_qparams(
+    min_val: jax.Array, max_val: jax.Array, *, b: int, k: int, signed: bool = False
+) -> APoTQParams:
+    """Qparams from observed statistics (traceable in ``min_val``/``max_val``).
+
+    Before any observation (``min_val > max_val``) alpha is ``-inf`` and gamma
+    and the levels are NaN, so everything quantized with them is NaN rather
+    than a plausible wrong number.
+
+    Raises:
+      ValueError: invalid ``(b, k)`` or a table too large (at trace time).
+    """
+    table = level_table(b, k, signed)
+    alpha = jnp.maximum(-jnp.asarray(min_val, jnp.float32), jnp.asarray(max_val, jnp.float32))
+    g = _levels.gamma(alpha, table.p_sum)
+    return APoTQParams(
+        alpha=alpha,
+        gamma=g,
+        quantization_levels=_levels.levels(g, table),
+        level_indices=jnp.asarray(table.level_indices),
+        b=table.b,
+        k=table.k,
+        signed=table.signed,
+    )
+
+
+def _as_float32(x: jax.Array, what: str) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{what} needs a floating-point input, got dtype {x.dtype}")
+    return x.astype(jnp.float32)
+
+
+__all__ = [
+    "APoTQParams",
+    "ObserverState",
+    "calculate_qparams",
+    "init_observer_state",
+    "observe",
+]

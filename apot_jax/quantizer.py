@@ -1,0 +1,102 @@
+"""APoT quantize / dequantize / quant_dequant in JAX.
+
+Mirrors ``apot_torch/quantizer.py``. The rounding rule is the one of
+``docs/numerics.md`` section 5, bit for bit: see ``apot_jax/levels.py`` for
+how it is turned into one comparison per element.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from apot_common.tables import level_table
+from apot_jax import levels as _levels
+from apot_jax.observer import APoTQParams, _as_float32
+
+#: Code returned by ``quantize`` for NaN input (and for unobserved qparams).
+NAN_CODE = -1
+
+
+#: Up to this many levels, rounding is a chain of compare-and-selects against
+#: scalar thresholds (vectorises, no gather); above it, a per-cell lookup.
+SELECT_CHAIN_MAX_LEVELS = 16
+
+
+def _lookup(x: jax.Array, qparams: APoTQParams, values: jax.Array, nan_value) -> jax.Array:
+    """``values[p(x)]`` for the contract's chosen position ``p`` of each element.
+
+    ``x`` is float32; ``values`` is indexed by sorted position (shape ``(N,)``).
+    All three strategies compute ``p = count(thresholds < x)``; they differ
+    only in speed (measured in ``benchmarks/bench_jax.py``).
+    """
+    theta = _levels.thresholds(qparams.quantization_levels, qparams.alpha)
+    n = theta.shape[0]
+
+    def select_chain(x):
+        out = jnp.broadcast_to(values[0], x.shape)
+        for j in range(n - 1):
+            out = jnp.where(x > theta[j], values[j + 1], out)
+        return out
+
+    def binary_search(x):
+        return values[jnp.searchsorted(theta, x, side="left")]
+
+    if n <= SELECT_CHAIN_MAX_LEVELS:
+        out = select_chain(x)
+    else:
+        grid = _levels.rounding_grid(theta, qparams.quantization_levels, qparams.alpha)
+        cells = grid.threshold.shape[0]
+        below, above = values[grid.lower], values[grid.upper]
+
+        def one_comparison(x):
+            c = _levels.grid_cell(x, grid.origin, grid.scale, cells)
+            return jnp.where(x > grid.threshold[c], above[c], below[c])
+
+        out = lax.cond(grid.exact, one_comparison, binary_search, x)
+    invalid = jnp.isnan(x) | jnp.isnan(qparams.gamma)
+    return jnp.where(invalid, jnp.asarray(nan_value, values.dtype), out)
+
+
+def quantize(x: jax.Array, qparams: APoTQParams) -> jax.Array:
+    """APoT codes of ``x``.
+
+    Args:
+      x: floating array, any shape (computed in float32).
+      qparams: from ``calculate_qparams``.
+
+    Returns:
+      int32 array shaped like ``x``: the combination number of the chosen
+      level; ``NAN_CODE`` (-1) for NaN input or unobserved qparams.
+    """
+    x = _as_float32(x, "quantize")
+    return _lookup(x, qparams, qparams.level_indices.astype(jnp.int32), NAN_CODE)
+
+
+def dequantize(codes: jax.Array, qparams: APoTQParams) -> jax.Array:
+    """Level values of APoT ``codes`` (int array, any shape) as float32.
+
+    ``NAN_CODE`` and codes outside ``[0, N)`` give NaN.
+    """
+    codes = jnp.asarray(codes)
+    if not jnp.issubdtype(codes.dtype, jnp.integer):
+        raise TypeError(f"dequantize needs integer codes, got dtype {codes.dtype}")
+    table = level_table(qparams.b, qparams.k, qparams.signed)
+    position_of_code = np.argsort(table.level_indices).astype(np.int32)
+    by_code = qparams.quantization_levels[position_of_code]
+    n = by_code.shape[0]
+    valid = (codes >= 0) & (codes < n)
+    out = by_code[jnp.clip(codes, 0, n - 1)]
+    return jnp.where(valid, out, jnp.float32(jnp.nan))
+
+
+def quant_dequant(x: jax.Array, qparams: APoTQParams) -> jax.Array:
+    """Nearest APoT level of each element of ``x``; same shape and dtype as ``x``.
+
+    Equals ``dequantize(quantize(x))`` (NaN stays NaN).
+    """
+    dtype = jnp.asarray(x).dtype
+    x32 = _as_float32(x, "quant_dequant")
+    return _lookup(x32, qparams, qparams.quantization_levels, jnp.nan).astype(dtype)

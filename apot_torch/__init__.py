@@ -1,0 +1,26 @@
+"""The installable torch reference of PyTorch's APoT prototype, fixed and vectorised."""
+
+from apot_torch.fake_quantize_function import fake_quantize_function, ste_mask
+from apot_torch.observer import APoTObserver, calculate_qparams, observe
+from apot_torch.quantizer import (
+    NAN_CODE,
+    APoTQuantizer,
+    TensorAPoT,
+    dequantize_APoT,
+    quant_dequant_APoT,
+    quantize_APoT,
+)
+
+__all__ = [
+    "NAN_CODE",
+    "APoTObserver",
+    "APoTQuantizer",
+    "TensorAPoT",
+    "calculate_qparams",
+    "dequantize_APoT",
+    "fake_quantize_function",
+    "observe",
+    "quant_dequant_APoT",
+    "quantize_APoT",
+    "ste_mask",
+]

@@ -1,0 +1,87 @@
+"""``APoTObserver``: running min/max and APoT qparams, as torch buffers.
+
+Mirrors ``apot_jax/observer.py``; keeps the prototype's name and signature.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.ao.quantization.observer import ObserverBase
+
+from apot_common.tables import level_table, validate_bits
+from apot_torch import levels as _levels
+from apot_torch.quantizer import as_float32
+
+
+def calculate_qparams(min_val: Tensor, max_val: Tensor, b: int, k: int, signed: bool = False):
+    """``(alpha, gamma, quantization_levels, level_indices)`` from statistics.
+
+    Pure function of float32 tensors (the observer's buffers); the level table
+    is static per ``(b, k, signed)``. Unobserved statistics (``min > max``)
+    give ``alpha = -inf`` and NaN gamma/levels; ``APoTObserver`` refuses them.
+    """
+    table = level_table(b, k, signed)
+    min_val = min_val.to(torch.float32)
+    alpha = torch.maximum(-min_val, max_val.to(torch.float32))
+    g = _levels.gamma(alpha, table.p_sum)
+    quantization_levels = _levels.levels(g, table)
+    level_indices = torch.tensor(table.level_indices, device=alpha.device)
+    return alpha, g, quantization_levels, level_indices
+
+
+def observe(min_val: Tensor, max_val: Tensor, x: Tensor):
+    """New ``(min_val, max_val)`` including the finite values of ``x``
+    (subnormals count as zero; empty ``x`` changes nothing)."""
+    x = _levels.flush_subnormal(as_float32(x, "APoTObserver"))
+    finite = torch.isfinite(x)
+    inf = torch.tensor(float("inf"), device=x.device)
+    lo = torch.where(finite, x, inf).amin() if x.numel() else inf
+    hi = torch.where(finite, x, -inf).amax() if x.numel() else -inf
+    return torch.minimum(min_val, lo), torch.maximum(max_val, hi)
+
+
+class APoTObserver(ObserverBase):
+    """Observer recording the running min/max of everything it sees.
+
+    Args:
+      b: total bits, ``k``: base bit-width (``b % k == 0``).
+      dtype: quantized dtype reported to torch.ao (unused by the numerics).
+
+    Buffers ``min_val`` / ``max_val`` are float32 scalars (``+inf`` / ``-inf``
+    until the first observation), so they are in ``state_dict`` and follow
+    ``.to(device)``.
+    """
+
+    min_val: Tensor
+    max_val: Tensor
+
+    def __init__(self, b: int, k: int, dtype: torch.dtype = torch.quint8) -> None:
+        super().__init__(dtype)
+        validate_bits(b, k)
+        level_table(b, k, False)  # refuses oversized tables now, not mid-training
+        self.b = int(b)
+        self.k = int(k)
+        self.register_buffer("min_val", torch.tensor(float("inf")))
+        self.register_buffer("max_val", torch.tensor(float("-inf")))
+
+    def forward(self, x_orig: Tensor) -> Tensor:
+        """Update the statistics with ``x_orig`` and return it unchanged."""
+        lo, hi = observe(self.min_val, self.max_val, x_orig.detach())
+        self.min_val.copy_(lo)
+        self.max_val.copy_(hi)
+        return x_orig
+
+    @torch.jit.unused
+    def calculate_qparams(self, signed: bool):  # type: ignore[override]
+        """``(alpha, gamma, quantization_levels, level_indices)``.
+
+        Raises:
+          RuntimeError: nothing finite has been observed yet.
+        """
+        if not bool(self.min_val <= self.max_val):
+            raise RuntimeError("APoTObserver has not observed any finite value yet; call it on data first")
+        return calculate_qparams(self.min_val, self.max_val, self.b, self.k, signed)
+
+    def extra_repr(self) -> str:
+        return f"b={self.b}, k={self.k}"
