@@ -11,14 +11,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from apot_common.tables import FLOAT32_TINY
 from apot_jax.observer import APoTQParams, _as_float32
 from apot_jax.quantizer import quant_dequant
 
 
 def ste_mask(x: jax.Array, alpha: jax.Array) -> jax.Array:
-    """``-alpha <= x <= alpha`` with explicit comparisons (False for NaN/inf)."""
-    x = x.astype(jnp.float32)
-    return (x >= -alpha) & (x <= alpha) & jnp.isfinite(x)
+    """``-alpha <= x <= alpha`` with explicit comparisons; subnormal ``x`` counts
+    as zero, NaN and +-inf get False (also for an infinite ``alpha``)."""
+    magnitude = jnp.abs(x.astype(jnp.float32))
+    magnitude = jnp.where(magnitude < jnp.float32(FLOAT32_TINY), jnp.float32(0), magnitude)
+    return magnitude <= jnp.minimum(alpha, jnp.finfo(jnp.float32).max)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))

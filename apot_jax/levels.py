@@ -44,14 +44,23 @@ def flush_subnormal(x: jax.Array) -> jax.Array:
     return jnp.where(jnp.abs(x) < _TINY, x * 0, x)
 
 
+def positive_zero(x: jax.Array) -> jax.Array:
+    """Zeros and subnormals become ``+0.0``: statistics and alpha carry no
+    sign of zero, which ``min``/``max`` would otherwise pick per backend."""
+    return jnp.where(jnp.abs(x) < _TINY, jnp.float32(0), x)
+
+
 def _scale_by_power_of_two(x: jax.Array, e: jax.Array) -> jax.Array:
-    """``x * 2**e`` for normal ``x`` and ``e <= 0``, exact; zero where the result
-    would be subnormal. Done on the exponent bits so no backend rounds."""
+    """``x * 2**e`` for normal ``x`` and ``e <= 1``, exact; zero where the result
+    would be subnormal, +-inf where it overflows. Done on the exponent bits so
+    no backend rounds."""
     bits = _bits(x)
     biased = ((bits >> 23) & 0xFF) + e
     scaled = _float(bits + (e << 23))
     keep = (biased >= 1) & (x != 0)
-    return jnp.where(jnp.isfinite(x), jnp.where(keep, scaled, x * 0), x)
+    scaled = jnp.where(keep, scaled, x * 0)
+    scaled = jnp.where(biased >= 255, x * jnp.float32(jnp.inf), scaled)
+    return jnp.where(jnp.isfinite(x), scaled, x)
 
 
 def gamma(alpha: jax.Array, p_sum: float) -> jax.Array:
@@ -97,8 +106,14 @@ def levels(gamma_value: jax.Array, table: LevelTable) -> jax.Array:
       float32 array of shape ``gamma_value.shape + (N,)``, ascending.
     """
     g = jnp.asarray(gamma_value, jnp.float32)[..., None]
-    product = g * jnp.asarray(table.sorted_mantissa)
-    return _scale_by_power_of_two(product, jnp.asarray(table.sorted_exponent))
+    # Signed tables have mantissas above p_sum (1 - 1/8 = 1.75 * 2**-1), so
+    # gamma * mantissa can overflow where the level itself does not. For
+    # gamma >= 1 multiply by mantissa / 2 and add one to the exponent: the
+    # product is normal either way, so it rounds identically.
+    halve = jnp.abs(g) >= 1
+    mantissa = jnp.where(halve, jnp.float32(0.5), jnp.float32(1)) * jnp.asarray(table.sorted_mantissa)
+    exponent = jnp.asarray(table.sorted_exponent) + halve.astype(jnp.int32)
+    return _scale_by_power_of_two(g * mantissa, exponent)
 
 
 def _order_key(x: jax.Array) -> jax.Array:

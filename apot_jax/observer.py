@@ -1,7 +1,7 @@
 """Observer state and qparams in JAX: pure functions, state held by the caller.
 
 Mirrors ``apot_torch/observer.py``. Flax modules keep the ``ObserverState``
-fields as variables; see ``apot_jax/fake_quantize.py``.
+fields as variables; see ``apot_jax/fake_quantize_module.py``.
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ def init_observer_state() -> ObserverState:
 def observe(state: ObserverState, x: jax.Array) -> ObserverState:
     """Fold the finite values of ``x`` (any shape, floating) into the running min/max.
 
-    NaN and +-inf are ignored, subnormals count as zero, an empty ``x`` leaves
-    the state unchanged. Statistics are float32 whatever ``x``'s dtype.
+    NaN and +-inf are ignored, zeros and subnormals count as ``+0.0``, an
+    empty ``x`` leaves the state unchanged. Statistics are float32 whatever
+    ``x``'s dtype.
     """
     x = _as_float32(x, "observe")
-    x = _levels.flush_subnormal(x)
+    x = _levels.positive_zero(x)
     finite = jnp.isfinite(x)
     lo = jnp.min(jnp.where(finite, x, jnp.inf), initial=jnp.inf)
     hi = jnp.max(jnp.where(finite, x, -jnp.inf), initial=-jnp.inf)
@@ -78,7 +79,9 @@ def calculate_qparams(
 ) -> APoTQParams:
     """Qparams from observed statistics (traceable in ``min_val``/``max_val``).
 
-    Before any observation (``min_val > max_val``) alpha is ``-inf`` and gamma
+    ``alpha = max(-min_val, max_val)``, with zero and subnormal alpha made
+    ``+0.0`` (all levels are then 0). Before any observation
+    (``min_val > max_val``) alpha is ``-inf`` and gamma
     and the levels are NaN, so everything quantized with them is NaN rather
     than a plausible wrong number.
 
@@ -87,6 +90,7 @@ def calculate_qparams(
     """
     table = level_table(b, k, signed)
     alpha = jnp.maximum(-jnp.asarray(min_val, jnp.float32), jnp.asarray(max_val, jnp.float32))
+    alpha = _levels.positive_zero(alpha)
     g = _levels.gamma(alpha, table.p_sum)
     return APoTQParams(
         alpha=alpha,

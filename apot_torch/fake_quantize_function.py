@@ -11,13 +11,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from apot_common.tables import FLOAT32_TINY
 from apot_torch.quantizer import APoTQuantizer, as_float32
 
 
 def ste_mask(x: Tensor, alpha: Tensor) -> Tensor:
-    """``-alpha <= x <= alpha`` with explicit comparisons (False for NaN/inf)."""
-    x = x.to(torch.float32)
-    return (x >= -alpha) & (x <= alpha) & torch.isfinite(x)
+    """``-alpha <= x <= alpha`` with explicit comparisons; subnormal ``x`` counts
+    as zero, NaN and +-inf get False (also for an infinite ``alpha``)."""
+    magnitude = x.to(torch.float32).abs()
+    magnitude = torch.where(magnitude < FLOAT32_TINY, 0.0, magnitude)
+    return magnitude <= alpha.clamp(max=torch.finfo(torch.float32).max)
 
 
 class fake_quantize_function(torch.autograd.Function):  # noqa: N801 (prototype name)
@@ -37,5 +40,5 @@ class fake_quantize_function(torch.autograd.Function):  # noqa: N801 (prototype 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         (mask,) = ctx.saved_tensors
-        grad_x = torch.where(mask, grad_output, torch.zeros_like(grad_output))
+        grad_x = torch.where(mask, grad_output, 0.0)
         return grad_x, None, None, None, None

@@ -30,14 +30,21 @@ def flush_subnormal(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x.abs() < FLOAT32_TINY, x * 0, x)
 
 
+def positive_zero(x: torch.Tensor) -> torch.Tensor:
+    """Zeros and subnormals become ``+0.0`` (see ``apot_jax.levels.positive_zero``)."""
+    return torch.where(x.abs() < FLOAT32_TINY, torch.zeros_like(x), x)
+
+
 def _scale_by_power_of_two(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """``x * 2**e`` for normal ``x`` and ``e <= 0``, exact; zero where the result
-    would be subnormal (done on the exponent bits)."""
+    """``x * 2**e`` for normal ``x`` and ``e <= 1``, exact; zero where the result
+    would be subnormal, +-inf where it overflows (done on the exponent bits)."""
     bits = _bits(x)
     biased = ((bits >> 23) & 0xFF) + e
     scaled = _float(bits + (e << 23))
     keep = (biased >= 1) & (x != 0)
-    return torch.where(torch.isfinite(x), torch.where(keep, scaled, x * 0), x)
+    scaled = torch.where(keep, scaled, x * 0)
+    scaled = torch.where(biased >= 255, x * float("inf"), scaled)
+    return torch.where(torch.isfinite(x), scaled, x)
 
 
 def gamma(alpha: torch.Tensor, p_sum: float) -> torch.Tensor:
@@ -74,8 +81,10 @@ def levels(gamma_value: torch.Tensor, table: LevelTable) -> torch.Tensor:
     ``gamma_value.shape + (N,)``, float32, ascending."""
     g = gamma_value.to(torch.float32)[..., None]
     device = g.device
-    mantissa = torch.tensor(table.sorted_mantissa, device=device)
-    exponent = torch.tensor(table.sorted_exponent, device=device)
+    # mantissa / 2 for large gamma: see apot_jax.levels.levels
+    halve = g.abs() >= 1
+    mantissa = torch.where(halve, 0.5, 1.0) * torch.tensor(table.sorted_mantissa, device=device)
+    exponent = torch.tensor(table.sorted_exponent, device=device) + halve.to(torch.int32)
     return _scale_by_power_of_two(g * mantissa, exponent)
 
 

@@ -19,11 +19,12 @@ def calculate_qparams(min_val: Tensor, max_val: Tensor, b: int, k: int, signed: 
 
     Pure function of float32 tensors (the observer's buffers); the level table
     is static per ``(b, k, signed)``. Unobserved statistics (``min > max``)
-    give ``alpha = -inf`` and NaN gamma/levels; ``APoTObserver`` refuses them.
+    give ``alpha = -inf`` and NaN gamma/levels (``APoTObserver`` refuses
+    them); zero or subnormal alpha is ``+0.0``.
     """
     table = level_table(b, k, signed)
     min_val = min_val.to(torch.float32)
-    alpha = torch.maximum(-min_val, max_val.to(torch.float32))
+    alpha = _levels.positive_zero(torch.maximum(-min_val, max_val.to(torch.float32)))
     g = _levels.gamma(alpha, table.p_sum)
     quantization_levels = _levels.levels(g, table)
     level_indices = torch.tensor(table.level_indices, device=alpha.device)
@@ -32,8 +33,8 @@ def calculate_qparams(min_val: Tensor, max_val: Tensor, b: int, k: int, signed: 
 
 def observe(min_val: Tensor, max_val: Tensor, x: Tensor):
     """New ``(min_val, max_val)`` including the finite values of ``x``
-    (subnormals count as zero; empty ``x`` changes nothing)."""
-    x = _levels.flush_subnormal(as_float32(x, "APoTObserver"))
+    (zeros and subnormals count as ``+0.0``; empty ``x`` changes nothing)."""
+    x = _levels.positive_zero(as_float32(x, "APoTObserver"))
     finite = torch.isfinite(x)
     inf = torch.tensor(float("inf"), device=x.device)
     lo = torch.where(finite, x, inf).amin() if x.numel() else inf

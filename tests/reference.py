@@ -56,9 +56,8 @@ def reference_qparams(min_val: float, max_val: float, b: int, k: int, signed: bo
     n = b // k
     alpha = np.maximum(-np.float32(min_val), np.float32(max_val)).astype(np.float32)
     if abs(alpha) < np.finfo(np.float32).tiny:
-        alpha_exact = Fraction(0)
-    else:
-        alpha_exact = Fraction(float(alpha))
+        alpha = np.float32(0.0)  # zero and subnormal alpha: +0.0
+    alpha_exact = Fraction(float(alpha))
     p_sum = 2 - Fraction(2) ** (1 - n)
     gamma = round_rational_to_float32(alpha_exact / p_sum)
     sums = [sum(c) for c in itertools.product(*exact_terms(b, k, signed))]
