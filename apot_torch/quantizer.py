@@ -16,7 +16,11 @@ from apot_torch import levels as _levels
 #: Code returned by ``quantize`` for NaN input (and for unobserved qparams).
 NAN_CODE = -1
 
-#: Up to this many levels rounding is a compare-and-select chain (see apot_jax).
+#: Up to this many levels, traced code (``torch.compile``) rounds with a chain
+#: of compare-and-selects against scalar thresholds, fused into one kernel (as
+#: in apot_jax). Eager torch runs each select as its own pass, and on CPU a
+#: ``torch.where`` with an unpredictable mask costs several times a gather, so
+#: eager code takes the grid (or the binary search) whatever the size.
 SELECT_CHAIN_MAX_LEVELS = 16
 
 
@@ -31,24 +35,91 @@ def as_float32(x: Tensor, what: str) -> Tensor:
 
 
 def _lookup(x: Tensor, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor, values: Tensor, nan_value) -> Tensor:
-    """``values[p(x)]`` for the contract's chosen position ``p`` (float32 ``x``)."""
+    """``values[p(x)]`` for the contract's chosen position ``p`` of each element.
+
+    ``x`` is float32 (any shape); ``values`` is indexed by sorted position
+    (``(N,)``). The three strategies of ``apot_jax.quantizer._lookup`` compute
+    the same ``p = count(thresholds < x)``; they differ only in speed
+    (``benchmarks/bench_torch.py``). Returns ``values.dtype``, shaped like ``x``.
+    """
+    x = x.detach()  # comparisons and indices carry no gradient to x anyway
     theta = _levels.thresholds(quantization_levels, alpha)
     n = theta.shape[0]
-    if n <= SELECT_CHAIN_MAX_LEVELS:
+    nan = torch.tensor(nan_value, dtype=values.dtype, device=values.device)
+    # Unobserved qparams (NaN gamma): every element gets nan_value, whatever p is.
+    values = torch.where(torch.isnan(gamma), nan, values)
+
+    if n <= SELECT_CHAIN_MAX_LEVELS and torch.compiler.is_compiling():
         out = values[0].expand(x.shape)
         for j in range(n - 1):
             out = torch.where(x > theta[j], values[j + 1], out)
-    else:
-        grid = _levels.rounding_grid(theta, quantization_levels, alpha)
-        if bool(grid.exact):
-            c = _levels.grid_cell(x, grid.origin, grid.scale, grid.threshold.shape[0])
-            above = torch.take(values[grid.upper], c)
-            below = torch.take(values[grid.lower], c)
-            out = torch.where(x > torch.take(grid.threshold, c), above, below)
-        else:
-            out = values[torch.searchsorted(theta, x.contiguous(), right=False).clamp(max=n - 1)]
-    invalid = torch.isnan(x) | torch.isnan(gamma)
-    return torch.where(invalid, torch.tensor(nan_value, dtype=values.dtype, device=x.device), out)
+        return torch.where(torch.isnan(x), nan, out)
+
+    grid = _levels.rounding_grid(theta, quantization_levels, alpha)
+    # With 0 < scale < inf, a cell coordinate is NaN exactly when x is (the
+    # NaN cell of _one_comparison relies on it); alpha = 0 or alpha near the
+    # float32 limits is left to the binary search.
+    if not bool(grid.exact & (grid.scale > 0) & (grid.scale < float("inf"))):
+        out = values[torch.searchsorted(theta, x.contiguous(), right=False).clamp(max=n - 1)]
+        return torch.where(torch.isnan(x), nan, out)
+
+    return _one_comparison(x, grid, values, nan)
+
+
+#: Elements per pass of _one_comparison on CPU: its temporaries are then
+#: allocated once per call and stay in cache, where whole-tensor temporaries
+#: would cost page faults and memory traffic at every pass (twice as slow).
+_CPU_CHUNK = 2**16
+
+
+# Eager even under torch.compile: Inductor's CPU code for these gathers (one
+# scalar load per element, bounds-checked) was slower than eager index_select.
+@torch.compiler.disable
+def _one_comparison(x: Tensor, grid: _levels.RoundingGrid, values: Tensor, nan: Tensor) -> Tensor:
+    """``values[count(thresholds < x)]`` with one comparison per element, for an
+    exact grid with ``0 < grid.scale < inf``; NaN ``x`` gives ``nan``.
+
+    The comparison is written as index arithmetic so that the select is a
+    gather (on CPU a torch.where with an unpredictable mask is slower than a
+    gather): cell c (as _levels.grid_cell, except that NaN gets the extra cell
+    ``cells``, whose entries are ``nan``) indexes ``below`` in ``table[c]`` and
+    ``above`` in ``table[c + cells + 1]``. ``buf`` holds in turn the cell
+    coordinate, the gathered thresholds and their difference to x.
+    """
+    cells = grid.threshold.shape[0]
+    threshold = torch.cat([grid.threshold, grid.threshold.new_full((1,), float("inf"))])
+    table = torch.cat([values[grid.lower], nan[None], values[grid.upper], nan[None]])
+    flat = x.reshape(-1)
+    n = flat.numel()
+    step = min(n, _CPU_CHUNK) if flat.device.type == "cpu" else n
+    # gather with out= where possible; out= records no autograd graph, so with
+    # a gradient to the levels the indices are kept and gathered once at the end
+    index = flat.new_empty(n, dtype=torch.int32) if table.requires_grad else None
+    out = None if table.requires_grad else flat.new_empty(n, dtype=table.dtype)
+    buf = flat.new_empty(step)
+    c = flat.new_empty(step, dtype=torch.int32)
+    for start in range(0, n, max(step, 1)):
+        xs = flat[start : start + step]
+        stop = start + xs.numel()
+        b = buf[: xs.numel()]
+        ci = c[: xs.numel()] if index is None else index[start:stop]
+        torch.sub(xs, grid.origin, out=b)
+        b.mul_(grid.scale).clamp_(0, cells - 1).nan_to_num_(nan=cells)
+        ci.copy_(b)  # truncation, i.e. floor: b >= 0
+        torch.index_select(threshold, 0, ci, out=b)
+        # x > threshold exactly when threshold - x has its sign bit set: a
+        # nonzero difference keeps its sign when rounded (or flushed), equal
+        # operands give +0, and thresholds are never +-0. Where the difference
+        # is NaN (inf - inf in a cell without threshold, NaN x) below and above
+        # are the same entry. The int32 sign mask costs half of a comparison,
+        # whose bool result CPU torch converts to int32 in an extra pass.
+        sign = torch.sub(b, xs, out=b).view(torch.int32).bitwise_right_shift_(31)  # 0 or -1
+        ci.sub_(sign, alpha=cells + 1)
+        if out is not None:
+            torch.index_select(table, 0, ci, out=out[start:stop])
+    if index is not None:
+        return table.index_select(0, index).view(x.shape)
+    return out.view(x.shape)
 
 
 class APoTQuantizer:

@@ -1,0 +1,123 @@
+"""``APoTFakeQuantize``: observer + APoT fake quantization as a torch.ao module.
+
+Keeps the prototype's constructor, ``APoTFakeQuantize(observer=APoTObserver,
+**observer_kwargs)``, so ``APoTFakeQuantize.with_args(b=8, k=2,
+dtype=torch.qint8)`` works in a ``QConfig``. Fixes the prototype: the qparams
+are registered buffers (in ``state_dict``, moved by ``.to()``), fake quant
+before any observation is a clear error, ``signed=True`` gives weights the
+signed level table instead of rounding every negative value to 0, and the
+``factory_kwargs`` that torch.ao's QAT modules pass are accepted (the
+prototype's observer refused them, so ``prepare_qat`` failed).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+
+from apot_common.tables import level_table
+from apot_torch.fake_quantize_function import fake_quantize_function
+from apot_torch.observer import APoTObserver
+
+
+class APoTFakeQuantize(FakeQuantizeBase):
+    """Observe, recompute APoT qparams and fake-quantize, as one module.
+
+    Args:
+      observer: observer class (or ``with_args`` partial) taking
+        ``**observer_kwargs``; it must expose ``b``, ``k``, ``min_val``,
+        ``max_val`` and ``calculate_qparams(signed)`` like ``APoTObserver``.
+      signed: ``False`` (the prototype's choice): the unsigned level table,
+        every negative input rounds to 0, suited to activations after ReLU.
+        ``True``: the prototype's signed table (``(2**(k+1)-1)**n`` levels,
+        duplicates kept), for weights.
+      factory_kwargs: what torch.ao's QAT modules pass (the weight's device
+        and dtype); the buffers go to that device and stay float32 / int32.
+      **observer_kwargs: ``b``, ``k`` and ``dtype`` for ``APoTObserver``.
+
+    Buffers (all in ``state_dict``):
+      fake_quant_enabled, observer_enabled: uint8 ``(1,)`` (``FakeQuantizeBase``).
+      alpha, gamma: float32 scalars; NaN until the first observation.
+      quantization_levels: float32 ``(N,)``, NaN until the first observation.
+      level_indices: int32 ``(N,)``, zeros until the first observation.
+      activation_post_process.min_val / max_val: the observer's statistics.
+
+    ``forward(X)`` takes a floating tensor of any shape and returns one of the
+    same shape and dtype: ``X`` itself when fake quant is disabled.
+    """
+
+    alpha: Tensor
+    gamma: Tensor
+    quantization_levels: Tensor
+    level_indices: Tensor
+
+    def __init__(
+        self, observer=APoTObserver, *, signed: bool = False, factory_kwargs: dict | None = None, **observer_kwargs
+    ) -> None:
+        super().__init__()
+        self.activation_post_process = observer(**observer_kwargs)
+        self.dtype = self.activation_post_process.dtype
+        self.signed = bool(signed)
+        # The table is static per (b, k, signed): building it here refuses an
+        # oversized one now, and gives a fresh module buffers of the final
+        # shape, so load_state_dict needs no resizing.
+        n_levels = level_table(self.activation_post_process.b, self.activation_post_process.k, self.signed).num_levels
+        nan = float("nan")
+        self.register_buffer("alpha", torch.tensor(nan))
+        self.register_buffer("gamma", torch.tensor(nan))
+        self.register_buffer("quantization_levels", torch.full((n_levels,), nan))
+        self.register_buffer("level_indices", torch.zeros(n_levels, dtype=torch.int32))
+        device = (factory_kwargs or {}).get("device")
+        if device is not None:
+            self.to(device)
+
+    @torch.jit.unused
+    def calculate_qparams(self, signed: bool | None = None):  # type: ignore[override]
+        """``(alpha, gamma, quantization_levels, level_indices)`` from the
+        observer's statistics; ``signed=None`` uses this module's ``signed``.
+
+        Raises:
+          RuntimeError: nothing finite has been observed yet.
+        """
+        return self.activation_post_process.calculate_qparams(signed=self.signed if signed is None else signed)
+
+    def forward(self, X: Tensor) -> Tensor:  # noqa: N803 (prototype name)
+        """Observe ``X`` (if enabled), then fake-quantize it (if enabled).
+
+        Raises:
+          RuntimeError: fake quant enabled but no qparams observed or loaded.
+        """
+        if self.observer_enabled[0] == 1:
+            self._observe(X.detach())
+        if self.fake_quant_enabled[0] == 1:
+            if bool(torch.isnan(self.alpha)):
+                raise RuntimeError(
+                    "APoTFakeQuantize has no qparams yet: run it with the observer enabled on data "
+                    "(or load a state_dict) before enabling fake quant"
+                )
+            # .float(): a module cast with .double() keeps the float32 numerics
+            alpha, gamma, levels, indices = self._qparam_buffers()
+            X = fake_quantize_function.apply(X, alpha.float(), gamma.float(), levels.float(), indices)
+        return X
+
+    # Statistics and qparams run eagerly under torch.compile: they branch on
+    # data and build the static level table with numpy, which dynamo cannot
+    # trace; only the per-element fake quant is worth compiling.
+    @torch.compiler.disable
+    def _observe(self, X: Tensor) -> None:  # noqa: N803
+        """Update the statistics with ``X`` and the qparam buffers from them."""
+        observer = self.activation_post_process
+        observer(X)
+        # An empty or all-NaN first batch leaves nothing to compute qparams
+        # from; the buffers then stay unset rather than failing calibration.
+        if bool(observer.min_val <= observer.max_val):
+            with torch.no_grad():
+                for buffer, value in zip(self._qparam_buffers(), self.calculate_qparams()):
+                    buffer.copy_(value)
+
+    def _qparam_buffers(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.alpha, self.gamma, self.quantization_levels, self.level_indices
+
+    def extra_repr(self) -> str:
+        return f"signed={self.signed}"

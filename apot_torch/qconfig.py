@@ -1,0 +1,69 @@
+"""The prototype's QAT configurations, plus signed-weight APoT variants.
+
+Same observers and fake quants as ``torch/ao/quantization/experimental/qconfig.py``:
+uniform ones are torch's ``FakeQuantize`` with a per-tensor symmetric
+``MinMaxObserver``, APoT ones are ``APoTFakeQuantize`` with (b=8, k=2) or
+(b=4, k=2). One fix: the prototype passed the bound method
+``default_weight_symmetric_fake_quant.with_args`` (and its activation twin)
+where a constructor belongs, so ``qconfig.weight()`` returned a partial instead
+of a module; here the constructors themselves are used.
+
+Kept from the prototype on purpose: the 4-bit uniform weight quantizer uses
+``qint8`` with ``quant_min=0, quant_max=15`` (zero point 0), so negative
+weights become 0, and the APoT weight fake quants use the unsigned table,
+which does the same. The ``*_signed`` variants give weights the signed APoT
+table (``APoTFakeQuantize(signed=True)``) instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.ao.quantization.fake_quantize import FakeQuantize
+from torch.ao.quantization.observer import MinMaxObserver
+from torch.ao.quantization.qconfig import QConfig
+
+from apot_torch.fake_quantize_module import APoTFakeQuantize
+
+#: Symmetric uniform fake quant for activations (the prototype's default).
+default_symmetric_fake_quant = FakeQuantize.with_args(
+    observer=MinMaxObserver, qscheme=torch.per_tensor_symmetric, dtype=torch.quint8
+)
+
+#: Symmetric uniform fake quant for weights (the prototype's default).
+default_weight_symmetric_fake_quant = FakeQuantize.with_args(
+    observer=MinMaxObserver, qscheme=torch.per_tensor_symmetric, dtype=torch.qint8
+)
+
+_uniform_activation_4bit = default_symmetric_fake_quant.with_args(quant_min=0, quant_max=15)
+
+
+def _apot(b: int, dtype: torch.dtype, signed: bool = False):
+    return APoTFakeQuantize.with_args(b=b, k=2, dtype=dtype, signed=signed)
+
+
+# uniform activation and weight, 8 bit
+uniform_qconfig_8bit = QConfig(activation=default_symmetric_fake_quant, weight=default_weight_symmetric_fake_quant)
+
+# uniform activation, APoT weight, b=8 k=2
+apot_weight_qconfig_8bit = QConfig(activation=default_symmetric_fake_quant, weight=_apot(8, torch.qint8))
+
+# APoT activation and weight, b=8 k=2
+apot_qconfig_8bit = QConfig(activation=_apot(8, torch.quint8), weight=_apot(8, torch.qint8))
+
+# uniform activation and weight, 4 bit (quant range [0, 15])
+uniform_qconfig_4bit = QConfig(
+    activation=_uniform_activation_4bit,
+    weight=default_weight_symmetric_fake_quant.with_args(quant_min=0, quant_max=15),
+)
+
+# uniform activation, APoT weight, b=4 k=2
+apot_weight_qconfig_4bit = QConfig(activation=_uniform_activation_4bit, weight=_apot(4, torch.qint8))
+
+# APoT activation and weight, b=4 k=2
+apot_qconfig_4bit = QConfig(activation=_apot(4, torch.quint8), weight=_apot(4, torch.qint8))
+
+# The same with signed APoT weights (negative weights keep their sign).
+apot_weight_qconfig_8bit_signed = QConfig(activation=default_symmetric_fake_quant, weight=_apot(8, torch.qint8, True))
+apot_qconfig_8bit_signed = QConfig(activation=_apot(8, torch.quint8), weight=_apot(8, torch.qint8, True))
+apot_weight_qconfig_4bit_signed = QConfig(activation=_uniform_activation_4bit, weight=_apot(4, torch.qint8, True))
+apot_qconfig_4bit_signed = QConfig(activation=_apot(4, torch.quint8), weight=_apot(4, torch.qint8, True))
