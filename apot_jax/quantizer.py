@@ -53,7 +53,11 @@ def _lookup(x: jax.Array, qparams: APoTQParams, values: jax.Array, nan_value) ->
 
         def one_comparison(x):
             c = _levels.grid_cell(x, grid.origin, grid.scale, cells)
-            return jnp.where(x > grid.threshold[c], above[c], below[c])
+            # grid_cell clips to [0, cells): skip the gathers' own bounds handling
+            def get(table):
+                return table.at[c].get(mode="promise_in_bounds")
+
+            return jnp.where(x > get(grid.threshold), get(above), get(below))
 
         out = lax.cond(grid.exact, one_comparison, binary_search, x)
     invalid = jnp.isnan(x) | jnp.isnan(qparams.gamma)
