@@ -23,3 +23,35 @@ __all__ = [
     "quantize",
     "ste_mask",
 ]
+
+# Flax modules, conversion and training helpers: imported on first use, so
+# that ``import apot_jax`` for the pure functions does not import Flax.
+_LAZY_EXPORTS = {
+    "APoTFakeQuantize": "apot_jax.fake_quantize_module",
+    "NNXAPoTFakeQuantize": "apot_jax.fake_quantize_module",
+    "UniformFakeQuantize": "apot_jax.fake_quantize_module",
+    "NNXUniformFakeQuantize": "apot_jax.fake_quantize_module",
+    "QuantStat": "apot_jax.fake_quantize_module",
+    "set_flags": "apot_jax.fake_quantize_module",
+    "APoTDense": "apot_jax.layers",
+    "APoTConv": "apot_jax.layers",
+    "NNXAPoTDense": "apot_jax.layers",
+    "NNXAPoTConv": "apot_jax.layers",
+    "torch_state_dict_to_flax": "apot_jax.convert",
+    "flax_to_torch_state_dict": "apot_jax.convert",
+}
+__all__ += sorted(_LAZY_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _LAZY_EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'apot_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_EXPORTS))

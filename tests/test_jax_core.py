@@ -217,3 +217,39 @@ def test_level_table_is_cached_and_read_only():
     assert level_table(8, 2) is level_table(8, 2)
     with pytest.raises(ValueError):
         level_table(8, 2).base_sum[0] = 1.0
+
+
+def test_package_function_is_not_shadowed_by_the_flax_module():
+    import apot_jax.fake_quantize_module  # noqa: F401  (importing it must not rebind the name)
+
+    assert callable(aj.fake_quantize) and aj.fake_quantize.__module__ == "apot_jax.fake_quantize_function"
+
+
+@pytest.mark.parametrize("mn,mx", [(0.0, 0.0), (-0.0, -0.0), (0.0, 1e-40), (-1e-39, 0.0)])
+def test_alpha_of_zero_statistics_is_positive_zero(mn, mx):
+    qp = aj.calculate_qparams(jnp.float32(mn), jnp.float32(mx), b=4, k=2)
+    assert bits(qp.alpha) == bits(np.float32(0.0))
+    assert (bits(qp.quantization_levels) == 0).all()
+
+
+def test_observer_statistics_carry_no_sign_of_zero():
+    s = aj.observe(aj.init_observer_state(), jnp.array([0.0, -0.0, 1.0, -1e-40], jnp.float32))
+    assert bits(s.min_val) == bits(np.float32(0.0))
+    s = aj.observe(aj.init_observer_state(), jnp.array([-0.0, -3.0], jnp.float32))
+    assert bits(s.max_val) == bits(np.float32(0.0))
+
+
+@pytest.mark.parametrize("b,k", [(4, 2), (6, 3), (8, 2), (8, 4)])
+def test_signed_levels_near_float32_max_do_not_overflow(b, k):
+    fmax = float(np.finfo(np.float32).max)
+    _, _, ref_levels, _ = reference_qparams(0.0, fmax, b, k, True)
+    assert np.isfinite(ref_levels).all()
+    qp = aj.calculate_qparams(jnp.float32(0.0), jnp.float32(fmax), b=b, k=k, signed=True)
+    np.testing.assert_array_equal(bits(qp.quantization_levels), bits(ref_levels))
+
+
+def test_subnormal_inputs_count_as_zero_in_the_gradient_mask():
+    qp = aj.calculate_qparams(jnp.float32(0.0), jnp.float32(0.0), b=4, k=2)
+    x = jnp.array([1e-45, -1e-40, 0.0, 1e-30], jnp.float32)
+    g = jax.grad(lambda v: aj.fake_quantize(v, qp).sum())(x)
+    np.testing.assert_array_equal(np.asarray(g), [1.0, 1.0, 1.0, 0.0])

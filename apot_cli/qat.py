@@ -1,0 +1,270 @@
+"""``apot qat``: float vs APoT quantization-aware training on the bundled digits.
+
+With no arguments: trains an MLP (64-1024-1024-10) in float, then for 4, 3 and 2
+bits fine-tunes a copy of it with APoT fake quantization of weights (signed
+table) and activations (unsigned table): calibration of the observers on the
+training data, then QAT with optax adam. Prints a table of test accuracy and
+step time (and its ratio to the float step) per variant. ``--out DIR`` writes
+``results.json``; ``--plot`` adds PNG plots of the learning curves and of the
+APoT level sets beside uniform levels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+#: Default APoT base bit-width per total bits: k = 2 where it divides b; for
+#: 3 bits k = 1 (three additive terms; k = 3 would leave pure powers of two,
+#: which are very coarse near alpha).
+DEFAULT_K = {1: 1, 2: 2, 3: 1, 4: 2, 5: 1, 6: 2, 8: 2}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2], help="APoT bit widths to train (default: 4 3 2)")
+    parser.add_argument(
+        "--k", type=int, nargs="+", default=None, help="base bit-width: one value for all --bits, or one per entry (default: 2, or 1 for odd bits)"
+    )
+    parser.add_argument("--epochs", type=int, default=40, help="float training epochs (default: 40)")
+    parser.add_argument("--qat-epochs", type=int, default=None, help="QAT fine-tuning epochs (default: same as --epochs)")
+    parser.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="adam learning rate for float training (default: 1e-3)")
+    parser.add_argument("--qat-lr", type=float, default=3e-4, help="adam learning rate for QAT fine-tuning (default: 3e-4)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024], help="hidden layer widths (default: 1024 1024)")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default: 0)")
+    parser.add_argument(
+        "--quantize", choices=["weights", "activations", "both"], default="both", help="what to fake-quantize (default: both)"
+    )
+    parser.add_argument(
+        "--quantize-input",
+        action="store_true",
+        help="also fake-quantize the network input (the pixels); by default activations means the hidden layers' inputs",
+    )
+    parser.add_argument(
+        "--unsigned-weights",
+        action="store_true",
+        help="use the unsigned APoT table for weights too (the prototype's default: negative weights become 0)",
+    )
+    parser.add_argument("--timing-steps", type=int, default=20, help="steps per timing round (default: 20)")
+    parser.add_argument("--timing-rounds", type=int, default=5, help="interleaved timing rounds (default: 5)")
+    parser.add_argument("--out", default=None, help="directory for results.json (and plots with --plot)")
+    parser.add_argument("--plot", action="store_true", help="with --out: write learning_curves.png and levels.png")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _k_values(bits: list[int], k: list[int] | None) -> list[int]:
+    if k is None:
+        return [DEFAULT_K.get(b, 1) for b in bits]
+    if len(k) == 1:
+        return k * len(bits)
+    if len(k) != len(bits):
+        raise ValueError(f"--k takes one value or one per --bits entry ({len(bits)}), got {len(k)}")
+    return list(k)
+
+
+def _distinct_levels(bits: int | None, k: int, signed: bool) -> int | None:
+    """Number of distinct level values of a quantizer (None for float)."""
+    if bits is None:
+        return None
+    import numpy as np
+
+    from apot_common.tables import level_table
+
+    return int(np.unique(level_table(bits, k, signed).base_sum).size)
+
+
+def _format_table(rows: list[dict[str, Any]]) -> str:
+    header = ("variant", "bits", "k", "levels w/a", "test acc (%)", "step (ms)", "ratio")
+    lines = []
+    for r in rows:
+        levels = "-" if r["bits"] is None else f"{r['weight_levels'] or '-'}/{r['activation_levels'] or '-'}"
+        lines.append(
+            (
+                r["variant"],
+                "32 (float)" if r["bits"] is None else str(r["bits"]),
+                "-" if r["bits"] is None else str(r["k"]),
+                levels,
+                f"{100 * r['test_accuracy']:.2f}",
+                f"{r['step_ms']:.3f}",
+                f"{r['step_time_ratio']:.2f}",
+            )
+        )
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(header), sep, *(fmt(line) for line in lines)])
+
+
+def run(args: argparse.Namespace) -> int:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from tqdm import tqdm
+
+    from apot_jax import train as T
+
+    try:
+        ks = _k_values(args.bits, args.k)
+        for b, k in zip(args.bits, ks):
+            T.QuantConfig(bits=b, k=k)  # early check of the arguments
+            from apot_common.tables import level_table
+
+            level_table(b, k, not args.unsigned_weights)
+    except ValueError as exc:
+        print(f"apot qat: {exc}", file=sys.stderr)
+        return 2
+    if args.batch_size < 1 or args.epochs < 0:
+        print("apot qat: --batch-size must be >= 1 and --epochs >= 0", file=sys.stderr)
+        return 2
+    qat_epochs = args.epochs if args.qat_epochs is None else args.qat_epochs
+    signed_weights = not args.unsigned_weights
+
+    x_tr, y_tr, x_te, y_te = T.load_digits_split()
+    if args.batch_size > len(x_tr):
+        print(f"apot qat: --batch-size must be <= {len(x_tr)} (training set size)", file=sys.stderr)
+        return 2
+    steps_per_epoch = len(x_tr) // args.batch_size
+    rng = jax.random.key(args.seed)
+    sample = jnp.asarray(x_tr[: args.batch_size])
+
+    variants: list[dict[str, Any]] = [{"variant": "float", "quant": T.QuantConfig()}]
+    for b, k in zip(args.bits, ks):
+        variants.append(
+            {
+                "variant": f"APoT {args.quantize}",
+                "quant": T.QuantConfig(bits=b, k=k, quantize=args.quantize, signed_weights=signed_weights),
+            }
+        )
+
+    total_steps = steps_per_epoch * (args.epochs + qat_epochs * (len(variants) - 1))
+    bar = tqdm(total=total_steps, desc="apot qat", unit="step", disable=args.no_progress, file=sys.stderr)
+    float_state = None
+    timers = []  # (variant, step_fn, state) for the interleaved timing
+    t_start = time.perf_counter()
+    for v in variants:
+        quant = v["quant"]
+        model = T.MLP(hidden=tuple(args.hidden), quant=quant, quantize_input=args.quantize_input)
+        is_float = quant.bits is None
+        tx = optax.adam(args.lr if is_float else args.qat_lr)
+        state = T.init_state(model, tx, rng, sample)
+        epochs = args.epochs if is_float else qat_epochs
+        if not is_float:
+            # QAT starts from the trained float weights, with observers
+            # calibrated on the float network (fake quant off).
+            state = state.replace(params=float_state.params, opt_state=tx.init(float_state.params))
+            state = T.calibrate(model, state, [x_tr])  # the whole training set, one batch
+        step_fn = T.make_train_step(model, tx)
+        eval_fn = T.make_eval_fn(model)
+        history = {"epoch": [], "train_loss": [], "test_accuracy": []}
+        if not is_float:  # accuracy right after calibration, before any QAT step
+            history["epoch"].append(0)
+            history["train_loss"].append(None)
+            history["test_accuracy"].append(T.accuracy(eval_fn, state, x_te, y_te))
+        bar.set_description(f"{v['variant']} {quant.bits or 32}-bit")
+        for epoch in range(epochs):
+            losses = []
+            for xb, yb in T.epoch_batches(x_tr, y_tr, args.batch_size, args.seed, epoch):
+                state, metrics = step_fn(state, jnp.asarray(xb), jnp.asarray(yb))
+                losses.append(metrics["loss"])
+                bar.update(1)
+            history["epoch"].append(epoch + 1)
+            history["train_loss"].append(float(np.mean(jax.device_get(losses))))
+            history["test_accuracy"].append(T.accuracy(eval_fn, state, x_te, y_te))
+            bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", acc=f"{100 * history['test_accuracy'][-1]:.1f}")
+        if is_float:
+            float_state = state
+        v.update(
+            bits=quant.bits,
+            k=quant.k if not is_float else None,
+            quantize=None if is_float else quant.quantize,
+            weight_levels=_distinct_levels(quant.bits, quant.k, signed_weights) if quant.weight_quant else None,
+            activation_levels=_distinct_levels(quant.bits, quant.k, False) if quant.input_quant else None,
+            test_accuracy=T.accuracy(eval_fn, state, x_te, y_te),
+            history=history,
+        )
+        timers.append((v, step_fn, state))
+    bar.close()
+
+    # Step time: all variants timed in interleaved rounds on the same batch,
+    # median per variant, so a busy machine slows every variant alike.
+    xb, yb = next(T.epoch_batches(x_tr, y_tr, args.batch_size, args.seed, 0))
+    xb, yb = jnp.asarray(xb), jnp.asarray(yb)
+    samples: dict[int, list[float]] = {i: [] for i in range(len(timers))}
+    for _ in range(max(1, args.timing_rounds)):
+        for i, (_, step_fn, state) in enumerate(timers):
+            samples[i].append(T.time_step(step_fn, state, xb, yb, max(1, args.timing_steps)))
+    float_ms = 1e3 * float(np.median(samples[0]))
+    for i, (v, _, _) in enumerate(timers):
+        v["step_ms"] = 1e3 * float(np.median(samples[i]))
+        v["step_time_ratio"] = v["step_ms"] / float_ms
+    wall = time.perf_counter() - t_start
+
+    rows = [{key: val for key, val in v.items() if key != "quant"} for v in variants]
+    print(_format_table(rows))
+    float_acc = rows[0]["test_accuracy"]
+    print(
+        f"digits: {len(x_tr)} train / {len(x_te)} test; MLP 64-{'-'.join(map(str, args.hidden))}-10; "
+        f"batch {args.batch_size}; float {args.epochs} epochs (adam {args.lr}), QAT {qat_epochs} epochs "
+        f"(adam {args.qat_lr}) from the float weights after calibration; "
+        f"weights {'signed' if signed_weights else 'unsigned'} table, activations unsigned "
+        f"({'network input and hidden layers' if args.quantize_input else 'hidden layers; network input float'}); "
+        f"{jax.devices()[0].platform} ({jax.device_count()} devices); {wall:.1f} s"
+    )
+    for r in rows[1:]:
+        print(f"  {r['bits']}-bit: {100 * (r['test_accuracy'] - float_acc):+.2f} points vs float")
+
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        config = {key: val for key, val in vars(args).items() if not key.startswith("_")}
+        config.update(k=ks, qat_epochs=qat_epochs, train_size=int(len(x_tr)), test_size=int(len(x_te)))
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump({"config": config, "results": rows, "platform": jax.devices()[0].platform}, f, indent=2)
+        if args.plot:
+            _plot(args.out, rows, signed_weights)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _plot(out: str, rows: list[dict[str, Any]], signed_weights: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from apot_common.tables import level_table
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for r in rows:
+        label = "float" if r["bits"] is None else f"APoT {r['bits']}-bit (k={r['k']})"
+        h = r["history"]
+        epochs = [e for e, l in zip(h["epoch"], h["train_loss"]) if l is not None]
+        axes[0].plot(epochs, [l for l in h["train_loss"] if l is not None], label=label)
+        axes[1].plot(h["epoch"], [100 * a for a in h["test_accuracy"]], label=label)
+    axes[0].set(xlabel="epoch", ylabel="train loss", yscale="log", title="training loss")
+    axes[1].set(xlabel="epoch (QAT epochs for APoT)", ylabel="test accuracy (%)", title="test accuracy")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "learning_curves.png"), dpi=120)
+    plt.close(fig)
+
+    quantized = [r for r in rows if r["bits"] is not None]
+    fig, axes = plt.subplots(len(quantized) or 1, 1, figsize=(9, 1.6 * max(1, len(quantized))), squeeze=False)
+    for ax, r in zip(axes[:, 0], quantized):
+        table = level_table(r["bits"], r["k"], False)
+        apot = np.unique(table.base_sum) / table.p_sum  # alpha = 1
+        uniform = np.linspace(0, 1, 2 ** r["bits"])
+        ax.eventplot([apot, uniform], lineoffsets=[1, 0], linelengths=0.8, colors=["C0", "C1"])
+        ax.set_yticks([0, 1], [f"uniform ({uniform.size})", f"APoT k={r['k']} ({apot.size})"])
+        ax.set_title(f"{r['bits']}-bit levels on [0, alpha], alpha = 1", fontsize=9)
+    axes[-1, 0].set_xlabel("level / alpha")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "levels.png"), dpi=120)
+    plt.close(fig)

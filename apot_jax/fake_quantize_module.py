@@ -1,0 +1,382 @@
+"""Fake-quant modules for Flax (linen and NNX) that own their observer state.
+
+The torch ``APoTFakeQuantize`` keeps ``min_val`` / ``max_val`` and two uint8
+flags as buffers. Here the same four values are Flax state:
+
+* linen: the variable collection ``"quant_stats"`` (qwix's name), with float32
+  scalars ``min_val`` (``+inf`` initially) and ``max_val`` (``-inf``) and int32
+  scalars ``observer_enabled`` and ``fake_quant_enabled`` (``1`` initially).
+  Statistics change only when ``"quant_stats"`` is mutable and the module is
+  not initializing (the ``BatchNorm`` convention). The flags are toggled with
+  the pure helper :func:`set_flags`.
+* NNX: ``QuantStat`` Variables (a dedicated ``nnx.Variable`` subclass, so
+  ``nnx.state(model, QuantStat)`` selects exactly this state), updated in
+  ``__call__``, with ``enable_observer()`` / ``disable_observer()`` /
+  ``enable_fake_quant()`` / ``disable_fake_quant()``.
+
+Both front ends run the same pure step (:func:`fake_quant_step`), so they give
+bitwise identical outputs and state. The statistics and qparams are computed
+outside the ``custom_vjp`` and passed into it (contract section 8: NNX refuses
+Variable updates inside a ``custom_vjp`` forward, flax issue 4847), and the
+observer sees ``stop_gradient(x)``: the fake quant gives the qparams a zero
+cotangent anyway, so this only saves the backward pass of the min/max.
+
+Besides APoT, a uniform symmetric fake quant with the same state layout is
+provided (``UniformFakeQuantize`` / ``NNXUniformFakeQuantize``), for the torch
+qconfig combinations "APoT weights + uniform activations" and "uniform both".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.core import FrozenDict
+
+from apot_common.tables import level_table, validate_bits
+from apot_jax.fake_quantize_function import fake_quantize, ste_mask
+from apot_jax.observer import ObserverState, calculate_qparams, observe
+
+#: Name of the linen variable collection holding observer statistics and flags.
+QUANT_STATS = "quant_stats"
+
+#: Names of the four state entries of every fake-quant module.
+STAT_NAMES = ("min_val", "max_val", "observer_enabled", "fake_quant_enabled")
+
+# A quantizer: (x, min_val, max_val) -> fake-quantized x. The statistics are
+# the ones to use for this call (already updated with x if observing).
+Quantizer = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def _init_stats() -> dict[str, jax.Array]:
+    return {
+        "min_val": jnp.float32(jnp.inf),
+        "max_val": jnp.float32(-jnp.inf),
+        "observer_enabled": jnp.int32(1),
+        "fake_quant_enabled": jnp.int32(1),
+    }
+
+
+def fake_quant_step(
+    x: jax.Array,
+    min_val: jax.Array,
+    max_val: jax.Array,
+    observer_enabled: jax.Array,
+    fake_quant_enabled: jax.Array,
+    quantizer: Quantizer,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One forward of a fake-quant module, as a pure function.
+
+    Args:
+      x: floating array, any shape.
+      min_val, max_val: float32 scalars, the running statistics.
+      observer_enabled, fake_quant_enabled: int32 scalars (0 or 1); traced
+        values are fine, both branches are computed and selected by ``where``.
+      quantizer: ``(x, min_val, max_val) -> y``, the fake quant proper.
+
+    Returns:
+      ``(y, new_min, new_max)``: ``y`` shaped and typed like ``x`` (``x``
+      itself where fake quant is disabled), and the float32 statistics after
+      this call (unchanged where the observer is disabled).
+    """
+    # The qparams get a zero cotangent from the fake quant: differentiating the
+    # min/max would only add work to the backward pass.
+    observed = observe(ObserverState(min_val, max_val), jax.lax.stop_gradient(x))
+    on = jnp.asarray(observer_enabled) != 0
+    new_min = jnp.where(on, observed.min_val, jnp.asarray(min_val, jnp.float32))
+    new_max = jnp.where(on, observed.max_val, jnp.asarray(max_val, jnp.float32))
+    y = quantizer(x, new_min, new_max)
+    y = jnp.where(jnp.asarray(fake_quant_enabled) != 0, y, x)
+    return y, new_min, new_max
+
+
+def apot_quantizer(b: int, k: int, signed: bool = False) -> Quantizer:
+    """The APoT fake quant ``(x, min_val, max_val) -> y`` of ``(b, k, signed)``."""
+    level_table(b, k, signed)  # ValueError now rather than at trace time
+
+    def quantize(x: jax.Array, min_val: jax.Array, max_val: jax.Array) -> jax.Array:
+        qparams = calculate_qparams(min_val, max_val, b=b, k=k, signed=signed)
+        return fake_quantize(x, qparams)
+
+    return quantize
+
+
+# --------------------------------------------------------------------------
+# Uniform symmetric fake quant (the comparison baseline; not part of the
+# bit-exact APoT contract).
+
+
+@jax.custom_vjp
+def _uniform_fake_quant(x: jax.Array, alpha: jax.Array, qmin: jax.Array, qmax: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    scale = alpha / qmax
+    q = jnp.clip(jnp.round(jnp.clip(x32, -alpha, alpha) / scale), qmin, qmax)
+    y = jnp.where(alpha > 0, q * scale, jnp.zeros_like(x32))  # alpha = 0: all levels are 0
+    y = jnp.where(jnp.isnan(x32) | jnp.isnan(scale), jnp.float32(jnp.nan), y)
+    return y.astype(x.dtype)
+
+
+def _uniform_fwd(x, alpha, qmin, qmax):
+    return _uniform_fake_quant(x, alpha, qmin, qmax), (ste_mask(x, alpha), alpha, qmin, qmax)
+
+
+def _uniform_bwd(residuals, dy):
+    mask, alpha, qmin, qmax = residuals
+    return jnp.where(mask, dy, jnp.zeros_like(dy)), jnp.zeros_like(alpha), jnp.zeros_like(qmin), jnp.zeros_like(qmax)
+
+
+_uniform_fake_quant.defvjp(_uniform_fwd, _uniform_bwd)
+
+
+def uniform_quantizer(b: int, signed: bool = True) -> Quantizer:
+    """Uniform symmetric fake quant ``(x, min_val, max_val) -> y`` with ``b`` bits.
+
+    ``alpha = max(-min_val, max_val)``; signed levels are ``q * alpha / qmax``
+    for integers ``q`` in ``[-qmax, qmax]`` with ``qmax = 2**(b-1) - 1``
+    (``b >= 2``); unsigned levels use ``q`` in ``[0, 2**b - 1]`` (so negative
+    inputs become 0, like the unsigned APoT table). ``x`` is clipped to
+    ``[-alpha, alpha]`` and rounded half to even; the gradient is the same
+    clipped straight-through estimator as APoT's, ``dy * (-alpha <= x <= alpha)``.
+    Unobserved statistics (``alpha = -inf``) give NaN, like APoT.
+    """
+    validate_bits(b, 1)
+    if signed and b < 2:
+        raise ValueError(f"a signed uniform quantizer needs b >= 2, got b={b}")
+    qmax = float(2 ** (b - 1) - 1 if signed else 2**b - 1)
+    qmin = -qmax if signed else 0.0
+
+    def quantize(x: jax.Array, min_val: jax.Array, max_val: jax.Array) -> jax.Array:
+        alpha = jnp.maximum(-jnp.asarray(min_val, jnp.float32), jnp.asarray(max_val, jnp.float32))
+        alpha = jnp.where(alpha >= 0, alpha, jnp.float32(jnp.nan))  # unobserved -> NaN
+        return _uniform_fake_quant(x, alpha, jnp.float32(qmin), jnp.float32(qmax))
+
+    return quantize
+
+
+# --------------------------------------------------------------------------
+# linen
+
+
+class _LinenFakeQuantBase(nn.Module):
+    """Shared linen logic: declares the ``quant_stats`` variables and runs the step."""
+
+    def _quantizer(self) -> Quantizer:
+        raise NotImplementedError
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Fake-quantize ``x`` (any shape, floating); returns its shape and dtype."""
+        init = _init_stats()
+        v = {name: self.variable(QUANT_STATS, name, lambda n=name: init[n]) for name in STAT_NAMES}
+        y, new_min, new_max = fake_quant_step(
+            x,
+            v["min_val"].value,
+            v["max_val"].value,
+            v["observer_enabled"].value,
+            v["fake_quant_enabled"].value,
+            self._quantizer(),
+        )
+        # BatchNorm convention: store only when the caller asked for the
+        # collection back; an immutable collection is a read-only (eval) call.
+        if self.is_mutable_collection(QUANT_STATS) and not self.is_initializing():
+            v["min_val"].value = new_min
+            v["max_val"].value = new_max
+        return y
+
+
+class APoTFakeQuantize(_LinenFakeQuantBase):
+    """APoT fake quant with an observer, as a linen module.
+
+    Attributes:
+      b: total bits; k: base bit-width (``b % k == 0``); signed: use the
+        prototype-compatible signed table (default unsigned, the prototype's
+        choice for ``APoTFakeQuantize``: negative inputs become 0).
+
+    State (collection ``"quant_stats"``): float32 scalars ``min_val`` /
+    ``max_val`` (``+inf`` / ``-inf`` initially), int32 scalars
+    ``observer_enabled`` / ``fake_quant_enabled`` (1 initially).
+
+    ``__call__(x)`` (``x`` floating, any shape; returns ``x``'s shape/dtype):
+    if the observer is enabled, the statistics used are ``observe(stats, x)``
+    (stored only if ``"quant_stats"`` is mutable and not initializing),
+    otherwise the stored ones; qparams follow from them; the output is
+    ``fake_quantize(x, qparams)`` if fake quant is enabled, else ``x``.
+    Note that an enabled observer uses the current batch even when the
+    statistics are not stored: for evaluation, disable it with
+    ``set_flags(variables, observer=False)``.
+
+    Before any observation: with the observer disabled and nothing stored, the
+    statistics are ``+inf`` / ``-inf``, alpha is ``-inf`` and the qparams are
+    NaN, so the fake-quant output is **NaN everywhere** (never a plausible
+    number; torch raises ``RuntimeError`` in this case instead).
+    """
+
+    b: int
+    k: int
+    signed: bool = False
+
+    def __post_init__(self) -> None:
+        level_table(self.b, self.k, self.signed)  # ValueError at construction
+        super().__post_init__()
+
+    def _quantizer(self) -> Quantizer:
+        return apot_quantizer(self.b, self.k, self.signed)
+
+
+class UniformFakeQuantize(_LinenFakeQuantBase):
+    """Uniform symmetric fake quant (see :func:`uniform_quantizer`), with the
+    same ``"quant_stats"`` state and flag semantics as :class:`APoTFakeQuantize`
+    (NaN output before any observation)."""
+
+    b: int
+    signed: bool = True
+
+    def __post_init__(self) -> None:
+        uniform_quantizer(self.b, self.signed)  # ValueError at construction
+        super().__post_init__()
+
+    def _quantizer(self) -> Quantizer:
+        return uniform_quantizer(self.b, self.signed)
+
+
+def _is_flag_dict(node: Any) -> bool:
+    return isinstance(node, Mapping) and "observer_enabled" in node and "fake_quant_enabled" in node
+
+
+def set_flags(variables: Any, observer: bool | None = None, fake_quant: bool | None = None) -> Any:
+    """Set the flags of every fake-quant module found in ``variables``.
+
+    Args:
+      variables: a linen variables tree (dict or ``FrozenDict``, the whole
+        ``{"params": ..., "quant_stats": ...}`` or any subtree of it), or an
+        NNX module (changed in place).
+      observer, fake_quant: new value of ``observer_enabled`` /
+        ``fake_quant_enabled``; ``None`` leaves that flag as it is.
+
+    Returns:
+      A new tree of the same container types (the input is not modified), or
+      the NNX module itself.
+    """
+    if isinstance(variables, nnx.Module):
+        for _, module in nnx.iter_modules(variables):
+            if isinstance(module, _NNXFakeQuantBase):
+                if observer is not None:
+                    module.observer_enabled[...] = jnp.int32(bool(observer))
+                if fake_quant is not None:
+                    module.fake_quant_enabled[...] = jnp.int32(bool(fake_quant))
+        return variables
+
+    def walk(node: Any) -> Any:
+        if not isinstance(node, Mapping):
+            return node
+        out = {key: walk(value) for key, value in node.items()}
+        if _is_flag_dict(node):
+            if observer is not None:
+                out["observer_enabled"] = jnp.full_like(node["observer_enabled"], int(bool(observer)))
+            if fake_quant is not None:
+                out["fake_quant_enabled"] = jnp.full_like(node["fake_quant_enabled"], int(bool(fake_quant)))
+        return FrozenDict(out) if isinstance(node, FrozenDict) else out
+
+    return walk(variables)
+
+
+# --------------------------------------------------------------------------
+# NNX
+
+
+class QuantStat(nnx.Variable):
+    """NNX Variable type of observer statistics and fake-quant flags.
+
+    ``nnx.state(model, QuantStat)`` selects exactly the fake-quant state (not
+    the params), e.g. to checkpoint or all-reduce it.
+    """
+
+
+class _NNXFakeQuantBase(nnx.Module):
+    """Shared NNX logic: four ``QuantStat`` Variables and the pure step."""
+
+    def __init__(self) -> None:
+        init = _init_stats()
+        self.min_val = QuantStat(init["min_val"])
+        self.max_val = QuantStat(init["max_val"])
+        self.observer_enabled = QuantStat(init["observer_enabled"])
+        self.fake_quant_enabled = QuantStat(init["fake_quant_enabled"])
+
+    def _quantizer(self) -> Quantizer:
+        raise NotImplementedError
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Fake-quantize ``x`` (any shape, floating); returns its shape and dtype.
+
+        The statistics Variables are updated here (unchanged when the observer
+        is disabled), outside the ``custom_vjp``.
+        """
+        y, new_min, new_max = fake_quant_step(
+            x,
+            self.min_val[...],
+            self.max_val[...],
+            self.observer_enabled[...],
+            self.fake_quant_enabled[...],
+            self._quantizer(),
+        )
+        self.min_val[...] = new_min
+        self.max_val[...] = new_max
+        return y
+
+    def enable_observer(self) -> None:
+        self.observer_enabled[...] = jnp.int32(1)
+
+    def disable_observer(self) -> None:
+        self.observer_enabled[...] = jnp.int32(0)
+
+    def enable_fake_quant(self) -> None:
+        self.fake_quant_enabled[...] = jnp.int32(1)
+
+    def disable_fake_quant(self) -> None:
+        self.fake_quant_enabled[...] = jnp.int32(0)
+
+
+class NNXAPoTFakeQuantize(_NNXFakeQuantBase):
+    """NNX twin of :class:`APoTFakeQuantize` (same arguments, same outputs and
+    state bit for bit). State: ``QuantStat`` Variables ``min_val``,
+    ``max_val`` (float32 scalars), ``observer_enabled``,
+    ``fake_quant_enabled`` (int32 scalars). Before any observation with the
+    observer disabled, the output is NaN everywhere."""
+
+    def __init__(self, b: int, k: int, signed: bool = False) -> None:
+        level_table(b, k, signed)  # ValueError at construction
+        self.b, self.k, self.signed = int(b), int(k), bool(signed)
+        super().__init__()
+
+    def _quantizer(self) -> Quantizer:
+        return apot_quantizer(self.b, self.k, self.signed)
+
+
+class NNXUniformFakeQuantize(_NNXFakeQuantBase):
+    """NNX twin of :class:`UniformFakeQuantize`."""
+
+    def __init__(self, b: int, signed: bool = True) -> None:
+        uniform_quantizer(b, signed)  # ValueError at construction
+        self.b, self.signed = int(b), bool(signed)
+        super().__init__()
+
+    def _quantizer(self) -> Quantizer:
+        return uniform_quantizer(self.b, self.signed)
+
+
+__all__ = [
+    "QUANT_STATS",
+    "APoTFakeQuantize",
+    "NNXAPoTFakeQuantize",
+    "NNXUniformFakeQuantize",
+    "QuantStat",
+    "UniformFakeQuantize",
+    "apot_quantizer",
+    "fake_quant_step",
+    "set_flags",
+    "uniform_quantizer",
+]

@@ -1,0 +1,271 @@
+"""Quantization-aware Dense and Conv layers for Flax (linen and NNX).
+
+Each layer fake-quantizes its kernel (``weight_quant``) and, optionally, its
+input (``input_quant``) before the float matmul / convolution; the bias stays
+float. ``"apot"`` uses :class:`~apot_jax.fake_quantize_module.APoTFakeQuantize`,
+``"uniform"`` the uniform symmetric fake quant with the same state layout, and
+``None`` leaves that operand in float. The torch qconfig combinations map as:
+
+* "APoT weights + uniform activations": ``weight_quant="apot", input_quant="uniform"``
+* "APoT both": ``weight_quant="apot", input_quant="apot"``
+* "uniform both": ``weight_quant="uniform", input_quant="uniform"``
+
+Torch attaches the activation fake quant to a layer's output; quantizing each
+layer's input instead quantizes the same tensors (the previous layer's output
+after its nonlinearity), plus the network input.
+
+Linen submodules are named ``weight_quant`` and ``input_quant``, so their
+state is at ``variables["quant_stats"][<layer>]["weight_quant"]``. The NNX
+layers hold the same submodules under the same attribute names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+from apot_jax.fake_quantize_module import (
+    APoTFakeQuantize,
+    NNXAPoTFakeQuantize,
+    NNXUniformFakeQuantize,
+    UniformFakeQuantize,
+)
+
+_SCHEMES = ("apot", "uniform", None)
+
+Initializer = Callable[..., jax.Array]
+
+
+def _check_scheme(name: str, value: str | None) -> None:
+    if value not in _SCHEMES:
+        raise ValueError(f"{name} must be 'apot', 'uniform' or None, got {value!r}")
+
+
+def _linen_quantizer(scheme: str | None, b: int, k: int, signed: bool, name: str) -> nn.Module | None:
+    if scheme == "apot":
+        return APoTFakeQuantize(b, k, signed, name=name)
+    if scheme == "uniform":
+        return UniformFakeQuantize(b, signed, name=name)
+    return None
+
+
+def _nnx_quantizer(scheme: str | None, b: int, k: int, signed: bool) -> nnx.Module | None:
+    if scheme == "apot":
+        return NNXAPoTFakeQuantize(b, k, signed)
+    if scheme == "uniform":
+        return NNXUniformFakeQuantize(b, signed)
+    return None
+
+
+def _dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
+    y = lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+    return y if bias is None else y + bias
+
+
+def _conv(
+    x: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array | None,
+    strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+) -> jax.Array:
+    # Channels-last, like nn.Conv: x (N, *spatial, C_in), kernel (*window, C_in, C_out).
+    spatial = "HWDXYZ"[: kernel.ndim - 2]
+    dn = lax.conv_dimension_numbers(x.shape, kernel.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
+    y = lax.conv_general_dilated(x, kernel, tuple(strides), padding, dimension_numbers=dn)
+    return y if bias is None else y + bias
+
+
+def _tuple(value: int | Sequence[int], n: int) -> tuple[int, ...]:
+    return (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+# --------------------------------------------------------------------------
+# linen
+
+
+class APoTDense(nn.Module):
+    """Dense layer with fake-quantized kernel and (optionally) input.
+
+    Attributes:
+      features: output width.
+      b, k: bits and base bit-width of the fake quants (``k`` unused by
+        ``"uniform"``).
+      weight_quant, input_quant: ``"apot"``, ``"uniform"`` or ``None``.
+      signed_weights: signed weight table (the prototype-compatible signed
+        APoT table; the unsigned default maps every negative weight to 0).
+      signed_inputs: signed input table (default unsigned: inputs after a
+        ReLU are non-negative).
+      use_bias: add a float bias.
+
+    ``__call__(x)``: ``x`` of shape ``(..., in_features)``, float32; returns
+    ``(..., features)`` float32. Params: ``kernel (in_features, features)``,
+    ``bias (features,)``; fake-quant state in ``"quant_stats"``.
+    """
+
+    features: int
+    b: int = 4
+    k: int = 2
+    weight_quant: str | None = "apot"
+    input_quant: str | None = "apot"
+    signed_weights: bool = False
+    signed_inputs: bool = False
+    use_bias: bool = True
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    def __post_init__(self) -> None:
+        _check_scheme("weight_quant", self.weight_quant)
+        _check_scheme("input_quant", self.input_quant)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
+        xq = _linen_quantizer(self.input_quant, self.b, self.k, self.signed_inputs, "input_quant")
+        wq = _linen_quantizer(self.weight_quant, self.b, self.k, self.signed_weights, "weight_quant")
+        if xq is not None:
+            x = xq(x)
+        if wq is not None:
+            kernel = wq(kernel)
+        return _dense(x, kernel, bias)
+
+
+class APoTConv(nn.Module):
+    """Convolution (channels-last, like ``nn.Conv``) with fake-quantized kernel
+    and (optionally) input; options as in :class:`APoTDense`.
+
+    ``__call__(x)``: ``x`` of shape ``(N, *spatial, C_in)`` float32; returns
+    ``(N, *spatial_out, features)``. Params: ``kernel (*kernel_size, C_in,
+    features)``, ``bias (features,)``.
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: int | Sequence[int] = 1
+    padding: str | Sequence[tuple[int, int]] = "SAME"
+    b: int = 4
+    k: int = 2
+    weight_quant: str | None = "apot"
+    input_quant: str | None = "apot"
+    signed_weights: bool = False
+    signed_inputs: bool = False
+    use_bias: bool = True
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    def __post_init__(self) -> None:
+        _check_scheme("weight_quant", self.weight_quant)
+        _check_scheme("input_quant", self.input_quant)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        window = tuple(self.kernel_size)
+        kernel = self.param("kernel", self.kernel_init, window + (x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
+        xq = _linen_quantizer(self.input_quant, self.b, self.k, self.signed_inputs, "input_quant")
+        wq = _linen_quantizer(self.weight_quant, self.b, self.k, self.signed_weights, "weight_quant")
+        if xq is not None:
+            x = xq(x)
+        if wq is not None:
+            kernel = wq(kernel)
+        return _conv(x, kernel, bias, _tuple(self.strides, len(window)), self.padding)
+
+
+# --------------------------------------------------------------------------
+# NNX
+
+
+class NNXAPoTDense(nnx.Module):
+    """NNX twin of :class:`APoTDense` (needs ``in_features`` and ``rngs``).
+
+    Params ``kernel (in_features, features)`` and ``bias (features,)`` are
+    ``nnx.Param``; the fake quants are ``self.weight_quant`` /
+    ``self.input_quant`` (``None`` when disabled), whose state is ``QuantStat``.
+    Given the same params and state, outputs equal the linen layer's bitwise.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        features: int,
+        *,
+        b: int = 4,
+        k: int = 2,
+        weight_quant: str | None = "apot",
+        input_quant: str | None = "apot",
+        signed_weights: bool = False,
+        signed_inputs: bool = False,
+        use_bias: bool = True,
+        kernel_init: Initializer = nnx.initializers.lecun_normal(),
+        bias_init: Initializer = nnx.initializers.zeros_init(),
+        rngs: nnx.Rngs,
+    ) -> None:
+        _check_scheme("weight_quant", weight_quant)
+        _check_scheme("input_quant", input_quant)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, features), jnp.float32))
+        self.bias = nnx.Param(bias_init(rngs.params(), (features,), jnp.float32)) if use_bias else None
+        self.input_quant = _nnx_quantizer(input_quant, b, k, signed_inputs)
+        self.weight_quant = _nnx_quantizer(weight_quant, b, k, signed_weights)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x (..., in_features)`` float32 -> ``(..., features)``."""
+        kernel = self.kernel[...]
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        if self.weight_quant is not None:
+            kernel = self.weight_quant(kernel)
+        return _dense(x, kernel, None if self.bias is None else self.bias[...])
+
+
+class NNXAPoTConv(nnx.Module):
+    """NNX twin of :class:`APoTConv` (needs ``in_features`` and ``rngs``)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        features: int,
+        kernel_size: Sequence[int],
+        *,
+        strides: int | Sequence[int] = 1,
+        padding: str | Sequence[tuple[int, int]] = "SAME",
+        b: int = 4,
+        k: int = 2,
+        weight_quant: str | None = "apot",
+        input_quant: str | None = "apot",
+        signed_weights: bool = False,
+        signed_inputs: bool = False,
+        use_bias: bool = True,
+        kernel_init: Initializer = nnx.initializers.lecun_normal(),
+        bias_init: Initializer = nnx.initializers.zeros_init(),
+        rngs: nnx.Rngs,
+    ) -> None:
+        _check_scheme("weight_quant", weight_quant)
+        _check_scheme("input_quant", input_quant)
+        window = tuple(int(s) for s in kernel_size)
+        self.strides = _tuple(strides, len(window))
+        self.padding = padding
+        self.kernel = nnx.Param(kernel_init(rngs.params(), window + (in_features, features), jnp.float32))
+        self.bias = nnx.Param(bias_init(rngs.params(), (features,), jnp.float32)) if use_bias else None
+        self.input_quant = _nnx_quantizer(input_quant, b, k, signed_inputs)
+        self.weight_quant = _nnx_quantizer(weight_quant, b, k, signed_weights)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``x (N, *spatial, in_features)`` float32 -> ``(N, *spatial_out, features)``."""
+        kernel = self.kernel[...]
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        if self.weight_quant is not None:
+            kernel = self.weight_quant(kernel)
+        return _conv(x, kernel, None if self.bias is None else self.bias[...], self.strides, self.padding)
+
+
+__all__ = ["APoTConv", "APoTDense", "NNXAPoTConv", "NNXAPoTDense"]

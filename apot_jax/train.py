@@ -1,0 +1,320 @@
+"""A small quantization-aware training library: data, model, steps, checkpoints.
+
+Used by ``apot qat`` (``apot_cli/qat.py``) and the tests. Everything is plain
+linen + optax + orbax:
+
+* :func:`load_digits_split`: scikit-learn's bundled 8x8 digits (no download),
+  a fixed stratified train/test split.
+* :class:`MLP`: a multilayer perceptron of :class:`~apot_jax.layers.APoTDense`
+  layers, float or fake-quantized per :class:`QuantConfig`.
+* :class:`TrainState`: step, params, optimizer state and the ``quant_stats``
+  collection, one pytree (checkpointed as a whole with orbax).
+* :func:`make_train_step`: one jitted optax step; with a ``Mesh`` the batch is
+  sharded on ``"data"`` and the state replicated, and the observers' min/max
+  are taken over the whole global batch (XLA all-reduces the reductions), so
+  the statistics equal a single-device run's.
+* :func:`calibrate`: observe activations with fake quant off (post-training
+  statistics), the usual start of QAT from a float model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from apot_jax.fake_quantize_module import QUANT_STATS, set_flags
+from apot_jax.layers import APoTDense
+
+# --------------------------------------------------------------------------
+# Data
+
+
+def load_digits_split(test_size: float = 0.25, split_seed: int = 0) -> tuple[np.ndarray, ...]:
+    """The bundled 8x8 digits, split once (stratified, fixed seed).
+
+    Returns:
+      ``(x_train, y_train, x_test, y_test)``: ``x`` float32 ``(n, 64)`` in
+      ``[0, 1]`` (pixel counts 0..16 divided by 16), ``y`` int32 ``(n,)`` in
+      ``0..9``; 1347 training and 450 test samples with the defaults.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int32)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_size, random_state=split_seed, stratify=y)
+    return x_tr, y_tr, x_te, y_te
+
+
+def epoch_batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, seed: int, epoch: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled full batches of one epoch (the remainder is dropped, so every
+    batch has the same shape and the step compiles once). The order depends
+    only on ``(seed, epoch)``, so a resumed run sees the same batches."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(x))
+    for start in range(0, len(x) - batch_size + 1, batch_size):
+        idx = order[start : start + batch_size]
+        yield x[idx], y[idx]
+
+
+# --------------------------------------------------------------------------
+# Model
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """How an :class:`MLP` is quantized.
+
+    Attributes:
+      bits: total bits, or ``None`` for the float model.
+      k: APoT base bit-width (``bits % k == 0``).
+      quantize: ``"weights"``, ``"activations"`` or ``"both"``.
+      scheme: ``"apot"`` or ``"uniform"``.
+      signed_weights: signed weight table (else every negative weight is 0).
+    """
+
+    bits: int | None = None
+    k: int = 2
+    quantize: str = "both"
+    scheme: str = "apot"
+    signed_weights: bool = True
+
+    def __post_init__(self) -> None:
+        if self.quantize not in ("weights", "activations", "both"):
+            raise ValueError(f"quantize must be weights, activations or both, got {self.quantize!r}")
+        if self.scheme not in ("apot", "uniform"):
+            raise ValueError(f"scheme must be apot or uniform, got {self.scheme!r}")
+
+    @property
+    def weight_quant(self) -> str | None:
+        return self.scheme if self.bits is not None and self.quantize in ("weights", "both") else None
+
+    @property
+    def input_quant(self) -> str | None:
+        return self.scheme if self.bits is not None and self.quantize in ("activations", "both") else None
+
+
+class MLP(nn.Module):
+    """``64 -> hidden... -> num_classes`` with ReLU; every layer an ``APoTDense``.
+
+    With quantized activations, the input of every layer after the first (the
+    ReLU outputs, non-negative) is fake-quantized with the unsigned table.
+    The network input (the data: pixel counts 0..16, already 17 levels) is
+    quantized too only if ``quantize_input``; at 4 bits, APoT levels are
+    coarse near alpha, where most stroke pixels lie, and cost about a point
+    of accuracy on digits.
+
+    ``__call__(x)``: ``x`` float32 ``(batch, features)`` -> logits float32
+    ``(batch, num_classes)``.
+    """
+
+    hidden: Sequence[int] = (512, 512)
+    num_classes: int = 10
+    quant: QuantConfig = QuantConfig()
+    quantize_input: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        q = self.quant
+        bits = q.bits if q.bits is not None else 4  # unused when float
+        k = q.k if q.bits is not None else 2
+        widths = tuple(self.hidden) + (self.num_classes,)
+        for i, width in enumerate(widths):
+            x = APoTDense(
+                width,
+                b=bits,
+                k=k,
+                weight_quant=q.weight_quant,
+                input_quant=q.input_quant if (i > 0 or self.quantize_input) else None,
+                signed_weights=q.signed_weights,
+                name=f"dense{i}",
+            )(x)
+            if i < len(widths) - 1:
+                x = nn.relu(x)
+        return x
+
+
+# --------------------------------------------------------------------------
+# State and steps
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a training step changes, as one pytree.
+
+    Attributes:
+      step: int32 scalar, steps taken.
+      params: the ``"params"`` collection.
+      opt_state: the optax state of ``params``.
+      quant_stats: the ``"quant_stats"`` collection (``{}`` for a float model).
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    quant_stats: Any
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, sample_x: jax.Array) -> TrainState:
+    """Initial :class:`TrainState` (``sample_x``: a batch giving the input shape)."""
+    variables = model.init(rng, sample_x)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.int32(0),
+        params=params,
+        opt_state=tx.init(params),
+        quant_stats=dict(variables.get(QUANT_STATS, {})),
+    )
+
+
+def _variables(state: TrainState, params: Any = None) -> dict[str, Any]:
+    out = {"params": state.params if params is None else params}
+    if state.quant_stats:
+        out[QUANT_STATS] = state.quant_stats
+    return out
+
+
+def make_train_step(
+    model: nn.Module, tx: optax.GradientTransformation, mesh: Mesh | None = None
+) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """A jitted step ``(state, x, y) -> (state, {"loss", "accuracy"})``.
+
+    ``x`` float32 ``(batch, ...)``, ``y`` int32 ``(batch,)``; the loss is the
+    mean softmax cross-entropy over the (global) batch. The observers update
+    ``state.quant_stats`` (mutable collection) in the same forward.
+
+    With ``mesh`` (one axis named ``"data"``), the state is replicated and the
+    batch sharded along ``"data"`` (``batch`` must divide evenly); the loss,
+    gradients and observer min/max are over the global batch.
+    """
+
+    def step(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
+        def loss_fn(params: Any) -> tuple[jax.Array, tuple[Any, jax.Array]]:
+            logits, updates = model.apply(_variables(state, params), x, mutable=[QUANT_STATS])
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, (dict(updates.get(QUANT_STATS, state.quant_stats)), logits)
+
+        (loss, (quant_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        accuracy = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, quant_stats=quant_stats)
+        return new_state, {"loss": loss, "accuracy": accuracy}
+
+    if mesh is None:
+        return jax.jit(step)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch = NamedSharding(mesh, PartitionSpec("data"))
+    return jax.jit(step, in_shardings=(replicated, batch, batch), out_shardings=(replicated, replicated))
+
+
+def make_eval_fn(model: nn.Module) -> Callable[[TrainState, jax.Array], jax.Array]:
+    """Jitted ``(state, x) -> logits`` for evaluation: observers disabled and
+    the statistics read-only, so evaluation neither changes nor depends on
+    the batch statistics."""
+
+    @jax.jit
+    def logits(state: TrainState, x: jax.Array) -> jax.Array:
+        variables = set_flags(_variables(state), observer=False)
+        return model.apply(variables, x)
+
+    return logits
+
+
+def accuracy(eval_fn: Callable[[TrainState, jax.Array], jax.Array], state: TrainState, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy in ``[0, 1]`` of ``eval_fn`` on ``(x, y)``."""
+    pred = np.asarray(jnp.argmax(eval_fn(state, jnp.asarray(x)), -1))
+    return float(np.mean(pred == y))
+
+
+def calibrate(model: nn.Module, state: TrainState, batches: Sequence[np.ndarray]) -> TrainState:
+    """Observe ``batches`` with fake quant disabled, then re-enable it.
+
+    The statistics then describe the float network's weights and activations
+    (post-training calibration), so QAT starts from sensible clipping values
+    instead of the first quantized batch's.
+    """
+    if not state.quant_stats:
+        return state
+
+    # params as an argument, not a closure: closed-over arrays become HLO
+    # constants, which XLA then tries to constant-fold (slowly).
+    @jax.jit
+    def observe_batch(params: Any, quant_stats: Any, x: jax.Array) -> Any:
+        _, updates = model.apply({"params": params, QUANT_STATS: quant_stats}, x, mutable=[QUANT_STATS])
+        return dict(updates[QUANT_STATS])
+
+    quant_stats = set_flags(state.quant_stats, observer=True, fake_quant=False)
+    for x in batches:
+        quant_stats = observe_batch(state.params, quant_stats, jnp.asarray(x))
+    return state.replace(quant_stats=set_flags(quant_stats, fake_quant=True))
+
+
+def time_step(
+    step_fn: Callable[..., tuple[TrainState, Any]], state: TrainState, x: jax.Array, y: jax.Array, steps: int
+) -> float:
+    """Seconds per step over ``steps`` chained steps (already compiled)."""
+    jax.block_until_ready(step_fn(state, x, y))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = step_fn(state, x, y)
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - t0) / steps
+
+
+# --------------------------------------------------------------------------
+# Checkpoints (orbax)
+
+
+def save_checkpoint(path: str | os.PathLike, state: TrainState) -> None:
+    """Save the whole :class:`TrainState` (params, optimizer state,
+    quant_stats, step) under the directory ``path`` (must not exist yet);
+    returns once it is on disk."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(os.path.abspath(path), state)
+        checkpointer.wait_until_finished()
+
+
+def restore_checkpoint(path: str | os.PathLike, like: TrainState) -> TrainState:
+    """Restore a :class:`TrainState` saved by :func:`save_checkpoint`.
+
+    ``like`` gives the tree structure, shapes, dtypes and shardings (e.g. a
+    freshly initialised state); its values are not used.
+    """
+    import orbax.checkpoint as ocp
+
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(os.path.abspath(path), abstract)
+
+
+__all__ = [
+    "MLP",
+    "QuantConfig",
+    "TrainState",
+    "accuracy",
+    "calibrate",
+    "epoch_batches",
+    "init_state",
+    "load_digits_split",
+    "make_eval_fn",
+    "make_train_step",
+    "restore_checkpoint",
+    "save_checkpoint",
+    "time_step",
+]

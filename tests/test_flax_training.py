@@ -1,0 +1,190 @@
+"""QAT training library: checkpoint resume, data-parallel training, calibration.
+
+Small MLPs on a slice of the digits data keep every test to a few seconds
+(most of it compilation).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from apot_jax import train as T
+
+BATCH = 64
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return T.load_digits_split()
+
+
+def _model(**quant) -> T.MLP:
+    config = T.QuantConfig(bits=4, k=2, **quant)
+    return T.MLP(hidden=(32,), quant=config, quantize_input=True)
+
+
+def _batches(digits, n: int, epoch: int = 0):
+    x_tr, y_tr = digits[0], digits[1]
+    out = []
+    while len(out) < n:
+        out += list(T.epoch_batches(x_tr, y_tr, BATCH, seed=0, epoch=epoch))
+        epoch += 1
+    return [(jnp.asarray(x), jnp.asarray(y)) for x, y in out[:n]]
+
+
+def test_digits_split_is_fixed_and_stratified(digits):
+    x_tr, y_tr, x_te, y_te = digits
+    assert x_tr.shape == (1347, 64) and x_te.shape == (450, 64)
+    assert x_tr.dtype == np.float32 and y_tr.dtype == np.int32
+    assert x_tr.min() == 0.0 and x_tr.max() == 1.0
+    assert set(np.unique(y_te)) == set(range(10)) and np.bincount(y_te).min() >= 40
+    again = T.load_digits_split()
+    np.testing.assert_array_equal(again[0], x_tr)
+    np.testing.assert_array_equal(again[3], y_te)
+
+
+def test_quant_config_selects_the_fake_quants():
+    x = jnp.zeros((2, 64))
+    for quantize, expected in (
+        ("weights", {"weight_quant"}),
+        ("activations", {"input_quant"}),
+        ("both", {"weight_quant", "input_quant"}),
+    ):
+        # eval_shape: only the variable tree is needed, not an eager init.
+        variables = jax.eval_shape(_model(quantize=quantize).init, jax.random.key(0), x)
+        assert set(variables["quant_stats"]["dense0"]) == expected
+    assert "quant_stats" not in jax.eval_shape(T.MLP(hidden=(8,)).init, jax.random.key(0), x)
+    with pytest.raises(ValueError, match="quantize"):
+        T.QuantConfig(bits=4, quantize="all")
+
+
+def test_checkpoint_resume_gives_the_same_next_step(digits, tmp_path):
+    model = _model(signed_weights=True)
+    tx = optax.adam(1e-3)
+    batches = _batches(digits, 4)
+    state = T.init_state(model, tx, jax.random.key(0), batches[0][0])
+    step = T.make_train_step(model, tx)
+    for x, y in batches[:2]:
+        state, _ = step(state, x, y)
+    T.save_checkpoint(tmp_path / "ckpt", state)
+
+    uninterrupted = state
+    losses = []
+    for x, y in batches[2:]:
+        uninterrupted, metrics = step(uninterrupted, x, y)
+        losses.append(float(metrics["loss"]))
+
+    # A fresh process would only have a freshly initialised state to restore into.
+    fresh = T.init_state(model, tx, jax.random.key(123), batches[0][0])
+    restored = T.restore_checkpoint(tmp_path / "ckpt", fresh)
+    assert int(restored.step) == 2
+    stats = restored.quant_stats["dense0"]["input_quant"]
+    assert float(stats["max_val"]) == 1.0 and float(stats["min_val"]) == 0.0  # observed pixels, not +-inf
+    assert jax.tree_util.tree_structure(restored) == jax.tree_util.tree_structure(state)
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    resumed_losses = []
+    for x, y in batches[2:]:
+        restored, metrics = step(restored, x, y)
+        resumed_losses.append(float(metrics["loss"]))
+    assert resumed_losses == losses  # bitwise, both steps after the resume
+    for a, b in zip(jax.tree_util.tree_leaves(restored), jax.tree_util.tree_leaves(uninterrupted)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_data_parallel_matches_single_device(digits):
+    devices = np.array(jax.devices())
+    assert devices.size == 8, "conftest.py forces 8 host CPU devices"
+    mesh = Mesh(devices, ("data",))
+    model = _model(signed_weights=True)
+    # SGD, not adam: adam's first update is ~lr * sign(g), which turns a
+    # last-bit difference of a near-zero gradient into a full step.
+    tx = optax.sgd(0.1, momentum=0.9)
+    batches = _batches(digits, 3)
+    init = T.init_state(model, tx, jax.random.key(0), batches[0][0])
+
+    single_step = T.make_train_step(model, tx)
+    single = init
+    single_losses = []
+    for x, y in batches:
+        single, metrics = single_step(single, x, y)
+        single_losses.append(float(metrics["loss"]))
+
+    replicated = NamedSharding(mesh, PartitionSpec())
+    data = NamedSharding(mesh, PartitionSpec("data"))
+    sharded_step = T.make_train_step(model, tx, mesh)
+    dp = jax.device_put(init, replicated)
+    dp_losses = []
+    for i, (x, y) in enumerate(batches):
+        xs, ys = jax.device_put(x, data), jax.device_put(y, data)
+        assert len(xs.addressable_shards) == 8 and xs.addressable_shards[0].data.shape == (BATCH // 8, 64)
+        dp, metrics = sharded_step(dp, xs, ys)
+        dp_losses.append(float(metrics["loss"]))
+        if i == 0:
+            # Global statistics: the first layer's input observer saw the
+            # whole global batch, not one device's shard.
+            stats = dp.quant_stats["dense0"]["input_quant"]
+            shard_max = [float(s.data.max()) for s in xs.addressable_shards]
+            hidden_max = float(dp.quant_stats["dense1"]["input_quant"]["max_val"])
+            assert float(stats["max_val"]) == float(np.max(x)) == max(shard_max)
+            assert float(stats["min_val"]) == float(np.min(x))
+    assert dp.params["dense0"]["kernel"].sharding.is_fully_replicated
+
+    # After 3 steps: observer statistics and params equal within float32
+    # tolerance (the gradient all-reduce sums in another order).
+    np.testing.assert_allclose(dp_losses, single_losses, rtol=1e-6, atol=0)
+    for a, b in zip(jax.tree_util.tree_leaves(dp.params), jax.tree_util.tree_leaves(single.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(dp.quant_stats), jax.tree_util.tree_leaves(single.quant_stats)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=0)
+    # The input observer's min/max are exact (no arithmetic before it).
+    for key in ("min_val", "max_val"):
+        assert dp.quant_stats["dense0"]["input_quant"][key] == single.quant_stats["dense0"]["input_quant"][key]
+    # Not vacuous: the training moved the params well beyond the tolerance.
+    moved = np.abs(np.asarray(single.params["dense0"]["kernel"]) - np.asarray(init.params["dense0"]["kernel"]))
+    assert moved.max() > 1e-3
+    assert hidden_max > 0
+
+
+def test_calibrate_then_evaluate_leaves_statistics_alone(digits):
+    x_tr, y_tr, x_te, y_te = digits
+    model = _model(signed_weights=True)
+    tx = optax.adam(1e-3)
+    state = T.init_state(model, tx, jax.random.key(0), jnp.asarray(x_tr[:BATCH]))
+    calibrated = T.calibrate(model, state, [x_tr[:500], x_tr[500:]])
+    stats = calibrated.quant_stats["dense0"]
+    assert float(stats["input_quant"]["max_val"]) == float(x_tr.max())
+    kernel = np.asarray(state.params["dense0"]["kernel"])
+    assert float(stats["weight_quant"]["min_val"]) == kernel.min() and float(stats["weight_quant"]["max_val"]) == kernel.max()
+    assert int(stats["weight_quant"]["fake_quant_enabled"]) == 1 and int(stats["input_quant"]["observer_enabled"]) == 1
+
+    eval_fn = T.make_eval_fn(model)
+    logits = eval_fn(calibrated, jnp.asarray(x_te * 3.0))  # out-of-range inputs
+    assert logits.shape == (450, 10) and np.isfinite(np.asarray(logits)).all()
+    # Evaluation neither observes nor stores: a second evaluation gives the same logits.
+    np.testing.assert_array_equal(np.asarray(eval_fn(calibrated, jnp.asarray(x_te * 3.0))), np.asarray(logits))
+    assert float(calibrated.quant_stats["dense1"]["input_quant"]["max_val"]) > 0
+    # Evaluation uses the stored range (alpha = 1 for the pixels), not the
+    # batch's: inputs above it are clipped, as if they were 1.
+    clipped = jnp.asarray(np.minimum(x_te * 3.0, 1.0))
+    np.testing.assert_array_equal(np.asarray(eval_fn(calibrated, clipped)), np.asarray(logits))
+
+
+def test_qat_training_learns(digits):
+    x_tr, y_tr, x_te, y_te = digits
+    model = _model(signed_weights=True)
+    tx = optax.adam(3e-3)
+    state = T.init_state(model, tx, jax.random.key(0), jnp.asarray(x_tr[:BATCH]))
+    step = T.make_train_step(model, tx)
+    eval_fn = T.make_eval_fn(model)
+    before = T.accuracy(eval_fn, T.calibrate(model, state, [x_tr]), x_te, y_te)
+    for epoch in range(4):
+        for x, y in T.epoch_batches(x_tr, y_tr, BATCH, 0, epoch):
+            state, metrics = step(state, jnp.asarray(x), jnp.asarray(y))
+    after = T.accuracy(eval_fn, state, x_te, y_te)
+    assert before < 0.3 and after > 0.8, (before, after)

@@ -1,0 +1,53 @@
+"""``apot qat`` end to end with tiny settings (one epoch, a 32-unit MLP)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from apot_cli.main import main
+
+TINY = ["--epochs", "1", "--hidden", "32", "--batch-size", "128", "--lr", "0.01", "--no-progress",
+        "--timing-rounds", "1", "--timing-steps", "2"]  # fmt: skip
+
+
+def test_qat_prints_table_and_writes_results(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["qat", "--bits", "4", *TINY, "--out", str(out), "--plot"]) == 0
+    stdout = capsys.readouterr().out
+    lines = stdout.splitlines()
+    header = lines[0].split()
+    assert header[:2] == ["variant", "bits"] and "ratio" in header and "(ms)" in header
+    float_row, apot_row = lines[2].split(), lines[3].split()
+    assert float_row[:3] == ["float", "32", "(float)"] and float_row[-1] == "1.00"
+    assert apot_row[:4] == ["APoT", "both", "4", "2"]
+    assert apot_row[4] == "39/16"  # signed 4-bit weight table: 39 distinct levels; activations 16
+
+    data = json.loads((out / "results.json").read_text())
+    rows = data["results"]
+    assert [r["bits"] for r in rows] == [None, 4] and rows[1]["k"] == 2 and rows[1]["quantize"] == "both"
+    assert data["config"]["epochs"] == 1 and data["config"]["k"] == [2]
+    for r, printed in zip(rows, (float_row, apot_row)):
+        assert 0.5 < r["test_accuracy"] <= 1.0  # one epoch at lr 0.01 already learns digits
+        assert f"{100 * r['test_accuracy']:.2f}" in printed  # the table shows the JSON's numbers
+        assert r["step_ms"] > 0 and len(r["history"]["test_accuracy"]) == len(r["history"]["epoch"])
+    assert rows[0]["step_time_ratio"] == 1.0
+    assert rows[1]["step_time_ratio"] == pytest.approx(rows[1]["step_ms"] / rows[0]["step_ms"])
+    assert rows[1]["history"]["epoch"] == [0, 1]  # after calibration, then after the QAT epoch
+    for name in ("learning_curves.png", "levels.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_qat_weights_only_and_k_per_bits(capsys):
+    assert main(["qat", "--bits", "3", "--k", "3", "--quantize", "weights", "--unsigned-weights", *TINY]) == 0
+    row = capsys.readouterr().out.splitlines()[3].split()
+    # unsigned b=3, k=3: one term of 8 powers of two (0 and 2**0..2**-6); no activation quant
+    assert row[:5] == ["APoT", "weights", "3", "3", "8/-"]
+
+
+def test_qat_refuses_bad_arguments(capsys):
+    assert main(["qat", "--bits", "4", "--k", "3", *TINY]) == 2
+    assert "multiple" in capsys.readouterr().err
+    assert main(["qat", "--bits", "4", "3", "--k", "2", "1", "1", *TINY]) == 2
+    assert "--k" in capsys.readouterr().err
