@@ -1,0 +1,1 @@
+"""JAX/torch parity suite: every check written once against a framework binding."""
