@@ -7,6 +7,15 @@ training data, then QAT with optax adam. Prints a table of test accuracy and
 step time (and its ratio to the float step) per variant. ``--out DIR`` writes
 ``results.json``; ``--plot`` adds PNG plots of the learning curves and of the
 APoT level sets beside uniform levels.
+
+``--recipe`` chooses the rows: ``prototype`` (the prototype-compatible
+recipe above, at ``--bits``) and ``paper`` (the APoT paper's weight recipe at
+``--paper-bits``, default 3 and 2: sign-magnitude weights with a learnable
+alpha, initialised by least squares, after weight normalization; activations
+as in the prototype recipe). Both by default. With a paper row, the first
+paper model is exported to integer codes and the command prints its size
+(packed codes vs float32 weights) and the accuracy of the model run from the
+codes.
 """
 
 from __future__ import annotations
@@ -25,9 +34,27 @@ DEFAULT_K = {1: 1, 2: 2, 3: 1, 4: 2, 5: 1, 6: 2, 8: 2}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2], help="APoT bit widths to train (default: 4 3 2)")
     parser.add_argument(
-        "--k", type=int, nargs="+", default=None, help="base bit-width: one value for all --bits, or one per entry (default: 2, or 1 for odd bits)"
+        "--recipe",
+        choices=["prototype", "paper"],
+        nargs="+",
+        default=["prototype", "paper"],
+        help="QAT recipes to train: prototype (observer alpha, --bits) and/or paper (sign-magnitude weights, "
+        "learnable alpha, weight normalization; --paper-bits) (default: both)",
+    )
+    parser.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2], help="APoT bit widths of the prototype recipe (default: 4 3 2)")
+    parser.add_argument(
+        "--paper-bits", type=int, nargs="+", default=[3, 2], help="bit widths (sign included) of the paper recipe (default: 3 2)"
+    )
+    parser.add_argument(
+        "--per-channel", action="store_true", help="paper recipe: one weight alpha per output feature"
+    )
+    parser.add_argument(
+        "--k",
+        type=int,
+        nargs="+",
+        default=None,
+        help="prototype recipe's base bit-width: one value for all --bits, or one per entry (default: 2, or 1 for odd bits)",
     )
     parser.add_argument("--epochs", type=int, default=40, help="float training epochs (default: 40)")
     parser.add_argument("--qat-epochs", type=int, default=None, help="QAT fine-tuning epochs (default: same as --epochs)")
@@ -66,6 +93,13 @@ def _k_values(bits: list[int], k: list[int] | None) -> list[int]:
     return list(k)
 
 
+def _paper_k(bits: int) -> tuple[int, int]:
+    """(weight magnitude k, activation k) of a paper-recipe row."""
+    from apot_common.tables import default_magnitude_k
+
+    return default_magnitude_k(bits), DEFAULT_K.get(bits, 1)
+
+
 def _distinct_levels(bits: int | None, k: int, signed: bool) -> int | None:
     """Number of distinct level values of a quantizer (None for float)."""
     if bits is None:
@@ -78,7 +112,7 @@ def _distinct_levels(bits: int | None, k: int, signed: bool) -> int | None:
 
 
 def _format_table(rows: list[dict[str, Any]]) -> str:
-    header = ("variant", "bits", "k", "levels w/a", "test acc (%)", "step (ms)", "ratio")
+    header = ("variant", "bits", "k w/a", "levels w/a", "test acc (%)", "step (ms)", "ratio")
     lines = []
     for r in rows:
         levels = "-" if r["bits"] is None else f"{r['weight_levels'] or '-'}/{r['activation_levels'] or '-'}"
@@ -86,7 +120,7 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
             (
                 r["variant"],
                 "32 (float)" if r["bits"] is None else str(r["bits"]),
-                "-" if r["bits"] is None else str(r["k"]),
+                "-" if r["bits"] is None else (str(r["k"]) if r["weight_k"] in (None, r["k"]) else f"{r['weight_k']}/{r['k']}"),
                 levels,
                 f"{100 * r['test_accuracy']:.2f}",
                 f"{r['step_ms']:.3f}",
@@ -115,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
             from apot_common.tables import level_table
 
             level_table(b, k, not args.unsigned_weights)
+        for b in args.paper_bits:
+            T.QuantConfig(bits=b, k=_paper_k(b)[1], recipe="paper", weight_k=_paper_k(b)[0])
     except ValueError as exc:
         print(f"apot qat: {exc}", file=sys.stderr)
         return 2
@@ -133,18 +169,27 @@ def run(args: argparse.Namespace) -> int:
     sample = jnp.asarray(x_tr[: args.batch_size])
 
     variants: list[dict[str, Any]] = [{"variant": "float", "quant": T.QuantConfig()}]
-    for b, k in zip(args.bits, ks):
-        variants.append(
-            {
-                "variant": f"APoT {args.quantize}",
-                "quant": T.QuantConfig(bits=b, k=k, quantize=args.quantize, signed_weights=signed_weights),
-            }
-        )
+    if "prototype" in args.recipe:
+        for b, k in zip(args.bits, ks):
+            variants.append(
+                {
+                    "variant": f"APoT {args.quantize}",
+                    "quant": T.QuantConfig(bits=b, k=k, quantize=args.quantize, signed_weights=signed_weights),
+                }
+            )
+    if "paper" in args.recipe:
+        for b in args.paper_bits:
+            weight_k, k = _paper_k(b)
+            quant = T.QuantConfig(
+                bits=b, k=k, quantize=args.quantize, recipe="paper", weight_k=weight_k, per_channel=args.per_channel
+            )
+            variants.append({"variant": f"paper {args.quantize}", "quant": quant})
 
     total_steps = steps_per_epoch * (args.epochs + qat_epochs * (len(variants) - 1))
     bar = tqdm(total=total_steps, desc="apot qat", unit="step", disable=args.no_progress, file=sys.stderr)
     float_state = None
     timers = []  # (variant, step_fn, state) for the interleaved timing
+    export: dict[str, Any] | None = None  # the first paper model's export summary
     t_start = time.perf_counter()
     for v in variants:
         quant = v["quant"]
@@ -156,7 +201,9 @@ def run(args: argparse.Namespace) -> int:
         if not is_float:
             # QAT starts from the trained float weights, with observers
             # calibrated on the float network (fake quant off).
-            state = state.replace(params=float_state.params, opt_state=tx.init(float_state.params))
+            params = _with_float_weights(state.params, float_state.params)
+            params = T.fit_paper_alphas(params, quant)  # paper recipe: least-squares initial alphas
+            state = state.replace(params=params, opt_state=tx.init(params))
             state = T.calibrate(model, state, [x_tr])  # the whole training set, one batch
         step_fn = T.make_train_step(model, tx)
         eval_fn = T.make_eval_fn(model)
@@ -165,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
             history["epoch"].append(0)
             history["train_loss"].append(None)
             history["test_accuracy"].append(T.accuracy(eval_fn, state, x_te, y_te))
-        bar.set_description(f"{v['variant']} {quant.bits or 32}-bit")
+        bar.set_description(f"{v['variant'].split()[0]} {quant.bits or 32}-bit")
         for epoch in range(epochs):
             losses = []
             for xb, yb in T.epoch_batches(x_tr, y_tr, args.batch_size, args.seed, epoch):
@@ -181,13 +228,17 @@ def run(args: argparse.Namespace) -> int:
         v.update(
             bits=quant.bits,
             k=quant.k if not is_float else None,
+            recipe=None if is_float else quant.recipe,
+            weight_k=quant.magnitude_k if quant.recipe == "paper" and not is_float else None,
             quantize=None if is_float else quant.quantize,
-            weight_levels=_distinct_levels(quant.bits, quant.k, signed_weights) if quant.weight_quant else None,
+            weight_levels=_weight_levels(quant, signed_weights) if quant.weight_quant else None,
             activation_levels=_distinct_levels(quant.bits, quant.k, False) if quant.input_quant else None,
             test_accuracy=T.accuracy(eval_fn, state, x_te, y_te),
             history=history,
         )
         timers.append((v, step_fn, state))
+        if quant.recipe == "paper" and quant.weight_quant and export is None:
+            export = _export_summary(model, state, quant, eval_fn, x_te, y_te, v)
     bar.close()
 
     # Step time: all variants timed in interleaved rounds on the same batch,
@@ -211,23 +262,89 @@ def run(args: argparse.Namespace) -> int:
         f"digits: {len(x_tr)} train / {len(x_te)} test; MLP 64-{'-'.join(map(str, args.hidden))}-10; "
         f"batch {args.batch_size}; float {args.epochs} epochs (adam {args.lr}), QAT {qat_epochs} epochs "
         f"(adam {args.qat_lr}) from the float weights after calibration; "
-        f"weights {'signed' if signed_weights else 'unsigned'} table, activations unsigned "
+        f"weights {'signed' if signed_weights else 'unsigned'} table (prototype recipe) or sign-magnitude levels "
+        f"with learnable alpha after weight normalization (paper recipe; k w/a = weight magnitude k / activation k), "
+        f"activations unsigned "
         f"({'network input and hidden layers' if args.quantize_input else 'hidden layers; network input float'}); "
         f"{jax.devices()[0].platform} ({jax.device_count()} devices); {wall:.1f} s"
     )
     for r in rows[1:]:
-        print(f"  {r['bits']}-bit: {100 * (r['test_accuracy'] - float_acc):+.2f} points vs float")
+        recipe = "" if r["recipe"] == "prototype" else f" ({r['recipe']} recipe)"
+        print(f"  {r['bits']}-bit{recipe}: {100 * (r['test_accuracy'] - float_acc):+.2f} points vs float")
+    if export is not None:
+        print(
+            f"export ({export['bits']}-bit paper model): weights {export['code_bytes']} bytes of packed "
+            f"{export['bits']}-bit codes + {export['scale_bytes']} bytes of alpha/gamma/scale "
+            f"vs {export['float_bytes']} bytes float32 ({export['float_bytes'] / export['quantized_bytes']:.1f}x smaller); "
+            f"test accuracy from the codes {100 * export['test_accuracy']:.2f}% "
+            f"(fake-quant model {100 * export['fake_quant_accuracy']:.2f}%, identical logits: {export['identical_logits']})"
+        )
 
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         config = {key: val for key, val in vars(args).items() if not key.startswith("_")}
         config.update(k=ks, qat_epochs=qat_epochs, train_size=int(len(x_tr)), test_size=int(len(x_te)))
         with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"config": config, "results": rows, "platform": jax.devices()[0].platform}, f, indent=2)
+            json.dump({"config": config, "results": rows, "export": export, "platform": jax.devices()[0].platform}, f, indent=2)
         if args.plot:
             _plot(args.out, rows, signed_weights)
         print(f"wrote {args.out}")
     return 0
+
+
+def _weight_levels(quant: Any, signed_weights: bool) -> int:
+    if quant.recipe == "paper":
+        return 2**quant.bits - 1  # sign-magnitude: exactly 2**b - 1 distinct levels
+    return _distinct_levels(quant.bits, quant.k, signed_weights)
+
+
+def _with_float_weights(params: dict[str, Any], float_params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` (a quantized model's, with e.g. learnable alphas) with every
+    kernel and bias taken from the trained float model."""
+    return {name: {**dict(layer), **dict(float_params[name])} for name, layer in params.items()}
+
+
+def _export_summary(model, state, quant, eval_fn, x_te, y_te, variant) -> dict[str, Any]:
+    """Export every layer of a paper-recipe MLP to codes, run the model from the
+    dequantized codes (activation fake quants unchanged) and measure it."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from apot_jax import export as X
+    from apot_jax import train as T
+
+    exported = {
+        name: X.export_dense(
+            layer["kernel"],
+            layer["weight_quant"]["alpha"],
+            b=quant.bits,
+            k=quant.magnitude_k,
+            per_channel=quant.per_channel,
+            bias=layer["bias"],
+        )
+        for name, layer in state.params.items()
+    }
+    # The same network with float weights: the kernels from the codes.
+    plain = T.MLP(hidden=model.hidden, quant=T.QuantConfig(bits=quant.bits, k=quant.k, quantize="activations"),
+                  quantize_input=model.quantize_input)  # fmt: skip
+    params = {name: {"kernel": X.dequantize_kernel(e), "bias": jnp.asarray(e.bias)} for name, e in exported.items()}
+    plain_state = state.replace(params=params)
+    logits_codes = np.asarray(T.make_eval_fn(plain)(plain_state, jnp.asarray(x_te)))
+    logits_fq = np.asarray(eval_fn(state, jnp.asarray(x_te)))
+    float_bytes = 4 * sum(int(np.prod(layer["kernel"].shape)) for layer in state.params.values())
+    code_bytes = sum(e.code_bytes() for e in exported.values())
+    scale_bytes = sum(4 * (e.alpha.size + e.gamma.size + e.scale.size) for e in exported.values())
+    return {
+        "variant": variant["variant"],
+        "bits": quant.bits,
+        "code_bytes": code_bytes,
+        "scale_bytes": scale_bytes,
+        "quantized_bytes": code_bytes + scale_bytes,
+        "float_bytes": float_bytes,
+        "test_accuracy": float(np.mean(np.argmax(logits_codes, -1) == y_te)),
+        "fake_quant_accuracy": float(np.mean(np.argmax(logits_fq, -1) == y_te)),
+        "identical_logits": bool(np.array_equal(logits_codes, logits_fq)),
+    }
 
 
 def _plot(out: str, rows: list[dict[str, Any]], signed_weights: bool) -> None:

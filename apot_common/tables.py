@@ -190,3 +190,69 @@ def grid_size(num_levels: int) -> int:
     binary search, so this only affects speed, never results.
     """
     return int(min(2**16, max(64, 1 << int(np.ceil(np.log2(32 * num_levels))))))
+
+
+@dataclass(frozen=True)
+class SignMagnitudeTable:
+    """Static table of the true b-bit signed (sign-magnitude) APoT scheme.
+
+    The magnitude is the unsigned APoT table of ``m = b - 1`` bits with base
+    width ``k`` (``k`` must divide ``m``); the level set is its mirror image
+    joined at the single zero, so it has exactly ``2**b - 1`` distinct levels
+    (for alpha large enough that no level flushes to zero), symmetric about 0.
+    See ``docs/numerics.md`` section 9.
+
+    Attributes:
+      b, k: the configuration; ``magnitude``: the unsigned ``(b - 1, k)`` table.
+      code_by_position: ``(2**b - 1,)`` int32, the signed code of each sorted
+        level: ``-c`` for the negative level of magnitude code ``c``, ``+c``
+        for the non-negative ones (0 is the code of the zero level).
+      nan_code: ``-2**(b - 1)``, the one ``b``-bit two's complement integer
+        that is not a level's code; ``quantize`` returns it for NaN.
+    """
+
+    b: int
+    k: int
+    magnitude: LevelTable
+    code_by_position: np.ndarray
+    nan_code: int
+
+    @property
+    def num_levels(self) -> int:
+        return int(self.code_by_position.shape[0])
+
+    @property
+    def p_sum(self) -> float:
+        return self.magnitude.p_sum
+
+
+def default_magnitude_k(b: int) -> int:
+    """Default base width of a ``b``-bit sign-magnitude scheme: 2 where it
+    divides the ``b - 1`` magnitude bits (the paper's 3-bit weights are
+    ``{0, 1/4, 1/2, 1}`` with sign), else 1 (``b = 2``: ternary)."""
+    return 2 if (b - 1) % 2 == 0 else 1
+
+
+def sign_magnitude_table(b: int, k: int) -> SignMagnitudeTable:
+    """The sign-magnitude table of ``(b, k)``, cached.
+
+    Raises:
+      ValueError: ``b < 2``, ``k`` not dividing ``b - 1``, or a magnitude
+        table ``level_table`` refuses.
+    """
+    validate_bits(b, 1)
+    validate_bits(k, 1)
+    if b < 2:
+        raise ValueError(f"a sign-magnitude APoT scheme needs b >= 2 (one sign bit), got b={b}")
+    if (b - 1) % k != 0:
+        raise ValueError(f"sign-magnitude APoT needs k to divide the b - 1 magnitude bits, got b={b}, k={k}")
+    return _build_sign_magnitude_table(int(b), int(k))
+
+
+@functools.lru_cache(maxsize=None)
+def _build_sign_magnitude_table(b: int, k: int) -> SignMagnitudeTable:
+    magnitude = level_table(b - 1, k, False)
+    codes = magnitude.level_indices  # ascending magnitudes; codes[0] == 0 is the zero level
+    code_by_position = np.concatenate([-codes[:0:-1], codes]).astype(np.int32)
+    code_by_position.setflags(write=False)
+    return SignMagnitudeTable(b=b, k=k, magnitude=magnitude, code_by_position=code_by_position, nan_code=-(2 ** (b - 1)))

@@ -8,19 +8,33 @@ from apot_jax.observer import (
     init_observer_state,
     observe,
 )
+from apot_jax.paper import (
+    SignMagnitudeQParams,
+    alpha_grad_elements,
+    learnable_fake_quantize,
+    normalize_weight,
+    paper_weight_quant,
+    sign_magnitude_qparams,
+)
 from apot_jax.quantizer import NAN_CODE, dequantize, quant_dequant, quantize
 
 __all__ = [
     "APoTQParams",
     "NAN_CODE",
     "ObserverState",
+    "SignMagnitudeQParams",
+    "alpha_grad_elements",
     "calculate_qparams",
     "dequantize",
     "fake_quantize",
     "init_observer_state",
+    "learnable_fake_quantize",
+    "normalize_weight",
     "observe",
+    "paper_weight_quant",
     "quant_dequant",
     "quantize",
+    "sign_magnitude_qparams",
     "ste_mask",
 ]
 
@@ -28,6 +42,13 @@ __all__ = [
 # that ``import apot_jax`` for the pure functions does not import Flax.
 _LAZY_EXPORTS = {
     "APoTFakeQuantize": "apot_jax.fake_quantize_module",
+    "LearnableAPoTFakeQuantize": "apot_jax.fake_quantize_module",
+    "NNXLearnableAPoTFakeQuantize": "apot_jax.fake_quantize_module",
+    "ExportedDense": "apot_jax.export",
+    "export_dense": "apot_jax.export",
+    "dequantize_kernel": "apot_jax.export",
+    "dense_from_codes": "apot_jax.export",
+    "shift_add_matmul": "apot_jax.export",
     "NNXAPoTFakeQuantize": "apot_jax.fake_quantize_module",
     "UniformFakeQuantize": "apot_jax.fake_quantize_module",
     "NNXUniformFakeQuantize": "apot_jax.fake_quantize_module",

@@ -21,6 +21,12 @@ Variable updates inside a ``custom_vjp`` forward, flax issue 4847), and the
 observer sees ``stop_gradient(x)``: the fake quant gives the qparams a zero
 cotangent anyway, so this only saves the backward pass of the min/max.
 
+The paper's weight recipe (sign-magnitude levels, learnable alpha, optional
+weight normalization and per-channel alpha; ``apot_jax/paper.py``) is
+:class:`LearnableAPoTFakeQuantize` / :class:`NNXLearnableAPoTFakeQuantize`:
+its alpha is a trainable parameter (linen ``"params"`` / ``nnx.Param``), so it
+has no observer state and no flags.
+
 Besides APoT, a uniform symmetric fake quant with the same state layout is
 provided (``UniformFakeQuantize`` / ``NNXUniformFakeQuantize``), for the torch
 qconfig combinations "APoT weights + uniform activations" and "uniform both".
@@ -37,9 +43,10 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.core import FrozenDict
 
-from apot_common.tables import level_table, validate_bits
+from apot_common.tables import level_table, sign_magnitude_table, validate_bits
 from apot_jax.fake_quantize_function import fake_quantize, ste_mask
 from apot_jax.observer import ObserverState, calculate_qparams, observe
+from apot_jax.paper import paper_weight_quant
 
 #: Name of the linen variable collection holding observer statistics and flags.
 QUANT_STATS = "quant_stats"
@@ -243,6 +250,44 @@ class UniformFakeQuantize(_LinenFakeQuantBase):
         return uniform_quantizer(self.b, self.signed)
 
 
+class LearnableAPoTFakeQuantize(nn.Module):
+    """The paper's weight fake quant as a linen module (``apot_jax.paper``).
+
+    Attributes:
+      b, k: bits including the sign, and base width of the ``b - 1``
+        magnitude bits (``k`` must divide ``b - 1``).
+      normalize: normalize the input to zero mean, unit variance first (and
+        scale the result back by the std, see ``paper_weight_quant``).
+      channel_axis: ``None`` for one alpha, else the input axis with one
+        alpha per entry (for a Dense kernel ``(in, out)``: ``-1``).
+      alpha_init: initial alpha (in units of the normalized input when
+        ``normalize``); the paper starts weights at 3.0.
+
+    Params: ``alpha``, float32 ``()`` or ``(C,)``. ``__call__(x)``: ``x``
+    floating, any shape (at least 2 elements per statistic when
+    normalizing); returns its shape, float32 when normalizing, else ``x``'s
+    dtype.
+    """
+
+    b: int
+    k: int
+    normalize: bool = True
+    channel_axis: int | None = None
+    alpha_init: float = 3.0
+
+    def __post_init__(self) -> None:
+        sign_magnitude_table(self.b, self.k)  # ValueError at construction
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = () if self.channel_axis is None else (x.shape[self.channel_axis],)
+        alpha = self.param("alpha", lambda _, s: jnp.full(s, self.alpha_init, jnp.float32), shape)
+        return paper_weight_quant(
+            x, alpha, b=self.b, k=self.k, normalize=self.normalize, channel_axis=self.channel_axis
+        )
+
+
 def _is_flag_dict(node: Any) -> bool:
     return isinstance(node, Mapping) and "observer_enabled" in node and "fake_quant_enabled" in node
 
@@ -368,10 +413,41 @@ class NNXUniformFakeQuantize(_NNXFakeQuantBase):
         return uniform_quantizer(self.b, self.signed)
 
 
+class NNXLearnableAPoTFakeQuantize(nnx.Module):
+    """NNX twin of :class:`LearnableAPoTFakeQuantize`: ``alpha`` is an
+    ``nnx.Param`` of shape ``()`` or ``(channels,)`` (``channels`` is needed
+    with ``channel_axis``); same outputs bit for bit given the same alpha."""
+
+    def __init__(
+        self,
+        b: int,
+        k: int,
+        *,
+        normalize: bool = True,
+        channel_axis: int | None = None,
+        channels: int | None = None,
+        alpha_init: float = 3.0,
+    ) -> None:
+        sign_magnitude_table(b, k)  # ValueError at construction
+        if (channel_axis is None) != (channels is None):
+            raise ValueError("give channels exactly when channel_axis is given")
+        self.b, self.k, self.normalize, self.channel_axis = int(b), int(k), bool(normalize), channel_axis
+        shape = () if channels is None else (int(channels),)
+        self.alpha = nnx.Param(jnp.full(shape, alpha_init, jnp.float32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Fake-quantize ``x`` (float32, any shape); returns its shape."""
+        return paper_weight_quant(
+            x, self.alpha[...], b=self.b, k=self.k, normalize=self.normalize, channel_axis=self.channel_axis
+        )
+
+
 __all__ = [
     "QUANT_STATS",
     "APoTFakeQuantize",
+    "LearnableAPoTFakeQuantize",
     "NNXAPoTFakeQuantize",
+    "NNXLearnableAPoTFakeQuantize",
     "NNXUniformFakeQuantize",
     "QuantStat",
     "UniformFakeQuantize",

@@ -4,7 +4,11 @@ Each layer fake-quantizes its kernel (``weight_quant``) and, optionally, its
 input (``input_quant``) before the float matmul / convolution; the bias stays
 float. ``"apot"`` uses :class:`~apot_jax.fake_quantize_module.APoTFakeQuantize`,
 ``"uniform"`` the uniform symmetric fake quant with the same state layout, and
-``None`` leaves that operand in float. The torch qconfig combinations map as:
+``None`` leaves that operand in float. For the kernel only, ``"apot-paper"``
+is the paper's recipe: :class:`~apot_jax.fake_quantize_module.LearnableAPoTFakeQuantize`
+(sign-magnitude levels of ``b`` bits with base width ``weight_k`` for the
+magnitude, learnable alpha, weight normalization if ``weight_norm``, one alpha
+per output feature if ``per_channel``). The torch qconfig combinations map as:
 
 * "APoT weights + uniform activations": ``weight_quant="apot", input_quant="uniform"``
 * "APoT both": ``weight_quant="apot", input_quant="apot"``
@@ -30,21 +34,35 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
+from apot_common.tables import default_magnitude_k, sign_magnitude_table
 from apot_jax.fake_quantize_module import (
     APoTFakeQuantize,
+    LearnableAPoTFakeQuantize,
     NNXAPoTFakeQuantize,
+    NNXLearnableAPoTFakeQuantize,
     NNXUniformFakeQuantize,
     UniformFakeQuantize,
 )
 
 _SCHEMES = ("apot", "uniform", None)
+#: Weight-only scheme: the paper's recipe (``apot_jax.paper``).
+PAPER = "apot-paper"
 
 Initializer = Callable[..., jax.Array]
 
 
 def _check_scheme(name: str, value: str | None) -> None:
-    if value not in _SCHEMES:
-        raise ValueError(f"{name} must be 'apot', 'uniform' or None, got {value!r}")
+    allowed = _SCHEMES + ((PAPER,) if name == "weight_quant" else ())
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def _check_paper(b: int, weight_k: int | None) -> int:
+    """The magnitude base width of the paper's weights (``weight_k``, or 2 where
+    it divides ``b - 1``, else 1); raises ``ValueError`` for a bad pair."""
+    k = weight_k if weight_k is not None else default_magnitude_k(b)
+    sign_magnitude_table(b, k)
+    return k
 
 
 def _linen_quantizer(scheme: str | None, b: int, k: int, signed: bool, name: str) -> nn.Module | None:
@@ -53,6 +71,44 @@ def _linen_quantizer(scheme: str | None, b: int, k: int, signed: bool, name: str
     if scheme == "uniform":
         return UniformFakeQuantize(b, signed, name=name)
     return None
+
+
+def _linen_weight_quantizer(layer: "APoTDense | APoTConv") -> nn.Module | None:
+    """The kernel's fake quant of a linen layer (the paper scheme included)."""
+    if layer.weight_quant == PAPER:
+        return LearnableAPoTFakeQuantize(
+            layer.b,
+            _check_paper(layer.b, layer.weight_k),
+            normalize=layer.weight_norm,
+            channel_axis=-1 if layer.per_channel else None,  # kernels end with the output axis
+            alpha_init=layer.alpha_init,
+            name="weight_quant",
+        )
+    return _linen_quantizer(layer.weight_quant, layer.b, layer.k, layer.signed_weights, "weight_quant")
+
+
+def _nnx_weight_quantizer(
+    scheme: str | None,
+    b: int,
+    k: int,
+    signed: bool,
+    features: int,
+    weight_k: int | None,
+    weight_norm: bool,
+    per_channel: bool,
+    alpha_init: float,
+) -> nnx.Module | None:
+    """The kernel's fake quant of an NNX layer (the paper scheme included)."""
+    if scheme == PAPER:
+        return NNXLearnableAPoTFakeQuantize(
+            b,
+            _check_paper(b, weight_k),
+            normalize=weight_norm,
+            channel_axis=-1 if per_channel else None,
+            channels=features if per_channel else None,
+            alpha_init=alpha_init,
+        )
+    return _nnx_quantizer(scheme, b, k, signed)
 
 
 def _nnx_quantizer(scheme: str | None, b: int, k: int, signed: bool) -> nnx.Module | None:
@@ -103,6 +159,10 @@ class APoTDense(nn.Module):
       signed_inputs: signed input table (default unsigned: inputs after a
         ReLU are non-negative).
       use_bias: add a float bias.
+      weight_k, weight_norm, per_channel, alpha_init: used by
+        ``weight_quant="apot-paper"`` only: the magnitude's base width
+        (default 2 where it divides ``b - 1``, else 1), normalize the kernel
+        first, one alpha per output feature, initial alpha.
 
     ``__call__(x)``: ``x`` of shape ``(..., in_features)``, float32; returns
     ``(..., features)`` float32. Params: ``kernel (in_features, features)``,
@@ -119,10 +179,16 @@ class APoTDense(nn.Module):
     use_bias: bool = True
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros_init()
+    weight_k: int | None = None
+    weight_norm: bool = True
+    per_channel: bool = False
+    alpha_init: float = 3.0
 
     def __post_init__(self) -> None:
         _check_scheme("weight_quant", self.weight_quant)
         _check_scheme("input_quant", self.input_quant)
+        if self.weight_quant == PAPER:
+            _check_paper(self.b, self.weight_k)
         super().__post_init__()
 
     @nn.compact
@@ -130,7 +196,7 @@ class APoTDense(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
         xq = _linen_quantizer(self.input_quant, self.b, self.k, self.signed_inputs, "input_quant")
-        wq = _linen_quantizer(self.weight_quant, self.b, self.k, self.signed_weights, "weight_quant")
+        wq = _linen_weight_quantizer(self)
         if xq is not None:
             x = xq(x)
         if wq is not None:
@@ -160,10 +226,16 @@ class APoTConv(nn.Module):
     use_bias: bool = True
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros_init()
+    weight_k: int | None = None
+    weight_norm: bool = True
+    per_channel: bool = False
+    alpha_init: float = 3.0
 
     def __post_init__(self) -> None:
         _check_scheme("weight_quant", self.weight_quant)
         _check_scheme("input_quant", self.input_quant)
+        if self.weight_quant == PAPER:
+            _check_paper(self.b, self.weight_k)
         super().__post_init__()
 
     @nn.compact
@@ -172,7 +244,7 @@ class APoTConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, window + (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
         xq = _linen_quantizer(self.input_quant, self.b, self.k, self.signed_inputs, "input_quant")
-        wq = _linen_quantizer(self.weight_quant, self.b, self.k, self.signed_weights, "weight_quant")
+        wq = _linen_weight_quantizer(self)
         if xq is not None:
             x = xq(x)
         if wq is not None:
@@ -207,6 +279,10 @@ class NNXAPoTDense(nnx.Module):
         use_bias: bool = True,
         kernel_init: Initializer = nnx.initializers.lecun_normal(),
         bias_init: Initializer = nnx.initializers.zeros_init(),
+        weight_k: int | None = None,
+        weight_norm: bool = True,
+        per_channel: bool = False,
+        alpha_init: float = 3.0,
         rngs: nnx.Rngs,
     ) -> None:
         _check_scheme("weight_quant", weight_quant)
@@ -214,7 +290,9 @@ class NNXAPoTDense(nnx.Module):
         self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, features), jnp.float32))
         self.bias = nnx.Param(bias_init(rngs.params(), (features,), jnp.float32)) if use_bias else None
         self.input_quant = _nnx_quantizer(input_quant, b, k, signed_inputs)
-        self.weight_quant = _nnx_quantizer(weight_quant, b, k, signed_weights)
+        self.weight_quant = _nnx_weight_quantizer(
+            weight_quant, b, k, signed_weights, features, weight_k, weight_norm, per_channel, alpha_init
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x (..., in_features)`` float32 -> ``(..., features)``."""
@@ -246,6 +324,10 @@ class NNXAPoTConv(nnx.Module):
         use_bias: bool = True,
         kernel_init: Initializer = nnx.initializers.lecun_normal(),
         bias_init: Initializer = nnx.initializers.zeros_init(),
+        weight_k: int | None = None,
+        weight_norm: bool = True,
+        per_channel: bool = False,
+        alpha_init: float = 3.0,
         rngs: nnx.Rngs,
     ) -> None:
         _check_scheme("weight_quant", weight_quant)
@@ -256,7 +338,9 @@ class NNXAPoTConv(nnx.Module):
         self.kernel = nnx.Param(kernel_init(rngs.params(), window + (in_features, features), jnp.float32))
         self.bias = nnx.Param(bias_init(rngs.params(), (features,), jnp.float32)) if use_bias else None
         self.input_quant = _nnx_quantizer(input_quant, b, k, signed_inputs)
-        self.weight_quant = _nnx_quantizer(weight_quant, b, k, signed_weights)
+        self.weight_quant = _nnx_weight_quantizer(
+            weight_quant, b, k, signed_weights, features, weight_k, weight_norm, per_channel, alpha_init
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x (N, *spatial, in_features)`` float32 -> ``(N, *spatial_out, features)``."""
@@ -268,4 +352,4 @@ class NNXAPoTConv(nnx.Module):
         return _conv(x, kernel, None if self.bias is None else self.bias[...], self.strides, self.padding)
 
 
-__all__ = ["APoTConv", "APoTDense", "NNXAPoTConv", "NNXAPoTDense"]
+__all__ = ["PAPER", "APoTConv", "APoTDense", "NNXAPoTConv", "NNXAPoTDense"]

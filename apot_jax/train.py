@@ -33,8 +33,10 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from apot_common.tables import default_magnitude_k, sign_magnitude_table
+from apot_jax import paper
 from apot_jax.fake_quantize_module import QUANT_STATS, set_flags
-from apot_jax.layers import APoTDense
+from apot_jax.layers import PAPER, APoTDense
 
 # --------------------------------------------------------------------------
 # Data
@@ -80,10 +82,20 @@ class QuantConfig:
 
     Attributes:
       bits: total bits, or ``None`` for the float model.
-      k: APoT base bit-width (``bits % k == 0``).
+      k: APoT base bit-width (``bits % k == 0``) of the activations, and of
+        the weights in the prototype recipe.
       quantize: ``"weights"``, ``"activations"`` or ``"both"``.
       scheme: ``"apot"`` or ``"uniform"``.
-      signed_weights: signed weight table (else every negative weight is 0).
+      signed_weights: signed weight table (else every negative weight is 0);
+        prototype recipe only.
+      recipe: ``"prototype"`` (observer-based alpha, the tables above) or
+        ``"paper"``: weights with the paper's recipe (``apot_jax.paper``:
+        sign-magnitude ``bits``-bit levels, learnable alpha, weight
+        normalization), activations as in the prototype recipe (observer-based
+        unsigned APoT with ``k``). Needs ``scheme="apot"``.
+      weight_k: paper recipe: base width of the ``bits - 1`` magnitude bits
+        (``None``: 2 where it divides ``bits - 1``, else 1).
+      per_channel: paper recipe: one alpha per output feature.
     """
 
     bits: int | None = None
@@ -91,16 +103,34 @@ class QuantConfig:
     quantize: str = "both"
     scheme: str = "apot"
     signed_weights: bool = True
+    recipe: str = "prototype"
+    weight_k: int | None = None
+    per_channel: bool = False
 
     def __post_init__(self) -> None:
         if self.quantize not in ("weights", "activations", "both"):
             raise ValueError(f"quantize must be weights, activations or both, got {self.quantize!r}")
         if self.scheme not in ("apot", "uniform"):
             raise ValueError(f"scheme must be apot or uniform, got {self.scheme!r}")
+        if self.recipe not in ("prototype", "paper"):
+            raise ValueError(f"recipe must be prototype or paper, got {self.recipe!r}")
+        if self.recipe == "paper" and self.scheme != "apot":
+            raise ValueError("the paper recipe is an APoT recipe (scheme='apot')")
+        if self.recipe == "paper" and self.bits is not None:
+            sign_magnitude_table(self.bits, self.magnitude_k)
+
+    @property
+    def magnitude_k(self) -> int | None:
+        """Paper recipe: the weights' magnitude base width (None for float)."""
+        if self.weight_k is not None or self.bits is None:
+            return self.weight_k
+        return default_magnitude_k(self.bits)
 
     @property
     def weight_quant(self) -> str | None:
-        return self.scheme if self.bits is not None and self.quantize in ("weights", "both") else None
+        if self.bits is None or self.quantize not in ("weights", "both"):
+            return None
+        return PAPER if self.recipe == "paper" else self.scheme
 
     @property
     def input_quant(self) -> str | None:
@@ -140,6 +170,8 @@ class MLP(nn.Module):
                 weight_quant=q.weight_quant,
                 input_quant=q.input_quant if (i > 0 or self.quantize_input) else None,
                 signed_weights=q.signed_weights,
+                weight_k=q.magnitude_k if q.recipe == "paper" else None,
+                per_channel=q.per_channel,
                 name=f"dense{i}",
             )(x)
             if i < len(widths) - 1:
@@ -263,6 +295,45 @@ def calibrate(model: nn.Module, state: TrainState, batches: Sequence[np.ndarray]
     return state.replace(quant_stats=set_flags(quant_stats, fake_quant=True))
 
 
+def fit_paper_alphas(params: Any, quant: QuantConfig, candidates: int = 64) -> Any:
+    """Initial alphas of the paper recipe's weight quants, by least squares.
+
+    For each layer's (normalized) kernel, the alpha among ``candidates``
+    values evenly spaced in ``[0.25, 5]`` (per output feature with
+    ``per_channel``) that minimises the squared quantization error. The
+    paper starts from 3.0 and lets training move alpha; a fine-tune of a few
+    hundred steps would not get far from there at 2 bits, where the optimum
+    (about 1.2 for a Gaussian) is far from 3.
+
+    Returns ``params`` with every ``weight_quant/alpha`` replaced.
+    """
+    if quant.weight_quant != PAPER:
+        return params
+    grid = jnp.linspace(0.25, 5.0, candidates, dtype=jnp.float32)
+    b, k = quant.bits, quant.magnitude_k
+    axis = -1 if quant.per_channel else None
+
+    @jax.jit
+    def best(kernel: jax.Array) -> jax.Array:
+        w_hat, _, _ = paper.normalize_weight(kernel, axis)
+
+        def error(alpha: jax.Array) -> jax.Array:
+            a = alpha if axis is None else jnp.full((kernel.shape[-1],), alpha)
+            q = paper.quant_dequant(w_hat, paper.sign_magnitude_qparams(a, b=b, k=k), axis)
+            sq = jnp.square(q - w_hat)
+            return jnp.sum(sq) if axis is None else jnp.sum(sq.reshape(-1, kernel.shape[-1]), axis=0)
+
+        errors = jax.lax.map(error, grid)  # (candidates,) or (candidates, C)
+        return grid[jnp.argmin(errors, axis=0)]
+
+    def replace(layer: Any) -> Any:
+        if isinstance(layer, dict) and "weight_quant" in layer and "alpha" in layer["weight_quant"]:
+            return {**layer, "weight_quant": {**layer["weight_quant"], "alpha": best(layer["kernel"])}}
+        return layer
+
+    return {name: replace(dict(layer)) for name, layer in params.items()}
+
+
 def time_step(
     step_fn: Callable[..., tuple[TrainState, Any]], state: TrainState, x: jax.Array, y: jax.Array, steps: int
 ) -> float:
@@ -310,6 +381,7 @@ __all__ = [
     "accuracy",
     "calibrate",
     "epoch_batches",
+    "fit_paper_alphas",
     "init_state",
     "load_digits_split",
     "make_eval_fn",

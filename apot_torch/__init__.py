@@ -1,9 +1,19 @@
 """The installable torch reference of PyTorch's APoT prototype, fixed and vectorised."""
 
-from apot_torch.fake_quantize_module import APoTFakeQuantize
+from apot_torch.export import ExportedLinear, dequantize_weight, export_linear, linear_from_codes, shift_add_matmul
+from apot_torch.fake_quantize_module import APoTFakeQuantize, LearnableAPoTFakeQuantize
 from apot_torch.fake_quantize_function import fake_quantize_function, ste_mask
 from apot_torch.linear import LinearAPoT
 from apot_torch.observer import APoTObserver, calculate_qparams, observe
+from apot_torch.paper import (
+    SignMagnitudeQParams,
+    alpha_grad_elements,
+    learnable_fake_quantize,
+    learnable_fake_quantize_function,
+    normalize_weight,
+    paper_weight_quant,
+    sign_magnitude_qparams,
+)
 from apot_torch.quantizer import (
     NAN_CODE,
     APoTQuantizer,
@@ -18,13 +28,26 @@ __all__ = [
     "APoTFakeQuantize",
     "APoTObserver",
     "APoTQuantizer",
+    "ExportedLinear",
+    "LearnableAPoTFakeQuantize",
     "LinearAPoT",
+    "SignMagnitudeQParams",
     "TensorAPoT",
+    "alpha_grad_elements",
     "calculate_qparams",
     "dequantize_APoT",
+    "dequantize_weight",
+    "export_linear",
     "fake_quantize_function",
+    "learnable_fake_quantize",
+    "learnable_fake_quantize_function",
+    "linear_from_codes",
+    "normalize_weight",
     "observe",
+    "paper_weight_quant",
     "quant_dequant_APoT",
     "quantize_APoT",
+    "shift_add_matmul",
+    "sign_magnitude_qparams",
     "ste_mask",
 ]

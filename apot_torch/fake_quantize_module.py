@@ -16,9 +16,10 @@ import torch
 from torch import Tensor
 from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
-from apot_common.tables import level_table
+from apot_common.tables import level_table, sign_magnitude_table
 from apot_torch.fake_quantize_function import fake_quantize_function
 from apot_torch.observer import APoTObserver
+from apot_torch.paper import paper_weight_quant, sign_magnitude_qparams
 
 
 class APoTFakeQuantize(FakeQuantizeBase):
@@ -121,3 +122,69 @@ class APoTFakeQuantize(FakeQuantizeBase):
 
     def extra_repr(self) -> str:
         return f"signed={self.signed}"
+
+
+class LearnableAPoTFakeQuantize(FakeQuantizeBase):
+    """The paper's weight fake quant (``apot_torch.paper``): sign-magnitude
+    levels, a learnable ``alpha`` (an ``nn.Parameter``), optional weight
+    normalization and per-channel alpha. Twin of
+    ``apot_jax.fake_quantize_module.LearnableAPoTFakeQuantize``.
+
+    Args:
+      b, k: bits including the sign, and base width of the ``b - 1``
+        magnitude bits (``k`` must divide ``b - 1``).
+      normalize: normalize the input first (and scale back by its std).
+      channel_axis: ``None`` for one alpha, else the axis with one alpha per
+        entry (``0`` for an ``nn.Linear`` weight ``(out, in)``); needs
+        ``channels``.
+      channels: number of alphas along ``channel_axis``.
+      alpha_init: initial alpha (the paper starts weights at 3.0).
+      dtype: the quantized dtype reported to torch.ao (unused by the numerics).
+      factory_kwargs: what torch.ao's QAT modules pass; the parameter goes to
+        that device and stays float32.
+
+    Parameters: ``alpha``, float32 ``()`` or ``(channels,)``. Buffers: the
+    ``FakeQuantizeBase`` flags; ``observer_enabled`` has no effect (alpha is
+    learnt, not observed). ``forward(X)``: floating ``X``, any shape; returns
+    its shape, float32 when normalizing, else ``X``'s dtype (``X`` itself
+    with fake quant disabled).
+    """
+
+    def __init__(
+        self,
+        b: int,
+        k: int,
+        *,
+        normalize: bool = True,
+        channel_axis: int | None = None,
+        channels: int | None = None,
+        alpha_init: float = 3.0,
+        dtype: torch.dtype = torch.qint8,
+        factory_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        sign_magnitude_table(b, k)  # ValueError now
+        if (channel_axis is None) != (channels is None):
+            raise ValueError("give channels exactly when channel_axis is given")
+        self.b, self.k, self.normalize, self.channel_axis = int(b), int(k), bool(normalize), channel_axis
+        self.dtype = dtype
+        shape = () if channels is None else (int(channels),)
+        self.alpha = torch.nn.Parameter(torch.full(shape, float(alpha_init), dtype=torch.float32))
+        device = (factory_kwargs or {}).get("device")
+        if device is not None:
+            self.to(device)
+
+    @torch.jit.unused
+    def calculate_qparams(self):  # type: ignore[override]
+        """The sign-magnitude qparams of the current alpha (no gradient)."""
+        return sign_magnitude_qparams(self.alpha.detach(), b=self.b, k=self.k)
+
+    def forward(self, X: Tensor) -> Tensor:  # noqa: N803 (torch.ao name)
+        if self.fake_quant_enabled[0] != 1:
+            return X
+        return paper_weight_quant(
+            X, self.alpha, b=self.b, k=self.k, normalize=self.normalize, channel_axis=self.channel_axis
+        )
+
+    def extra_repr(self) -> str:
+        return f"b={self.b}, k={self.k}, normalize={self.normalize}, channel_axis={self.channel_axis}"

@@ -14,7 +14,7 @@ TINY = ["--epochs", "1", "--hidden", "32", "--batch-size", "128", "--lr", "0.01"
 
 def test_qat_prints_table_and_writes_results(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["qat", "--bits", "4", *TINY, "--out", str(out), "--plot"]) == 0
+    assert main(["qat", "--recipe", "prototype", "--bits", "4", *TINY, "--out", str(out), "--plot"]) == 0
     stdout = capsys.readouterr().out
     lines = stdout.splitlines()
     header = lines[0].split()
@@ -40,7 +40,8 @@ def test_qat_prints_table_and_writes_results(tmp_path, capsys):
 
 
 def test_qat_weights_only_and_k_per_bits(capsys):
-    assert main(["qat", "--bits", "3", "--k", "3", "--quantize", "weights", "--unsigned-weights", *TINY]) == 0
+    assert main(["qat", "--recipe", "prototype", "--bits", "3", "--k", "3", "--quantize", "weights", "--unsigned-weights",
+                 *TINY]) == 0  # fmt: skip
     row = capsys.readouterr().out.splitlines()[3].split()
     # unsigned b=3, k=3: one term of 8 powers of two (0 and 2**0..2**-6); no activation quant
     assert row[:5] == ["APoT", "weights", "3", "3", "8/-"]
@@ -51,3 +52,32 @@ def test_qat_refuses_bad_arguments(capsys):
     assert "multiple" in capsys.readouterr().err
     assert main(["qat", "--bits", "4", "3", "--k", "2", "1", "1", *TINY]) == 2
     assert "--k" in capsys.readouterr().err
+
+
+def test_qat_paper_recipe_rows_and_export_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["qat", "--bits", "2", "--paper-bits", "3", "2", *TINY, "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["variant", "bits", "k", "w/a"]
+    prototype, paper3, paper2 = (line.split() for line in lines[3:6])
+    assert prototype[:5] == ["APoT", "both", "2", "2", "7/4"]
+    # sign-magnitude weights: 2**b - 1 levels (magnitude k=2 at 3 bits, ternary at 2);
+    # activations: the unsigned table with the default k (1 at 3 bits, 2 at 2)
+    assert paper3[:5] == ["paper", "both", "3", "2/1", "7/8"]
+    assert paper2[:5] == ["paper", "both", "2", "1/2", "3/4"]
+    assert any("3-bit (paper recipe)" in line for line in lines)
+    export_line = next(line for line in lines if line.startswith("export (3-bit paper model)"))
+    data = json.loads((out / "results.json").read_text())
+    export = data["export"]
+    # MLP 64-32-10: 64*32 + 32*10 = 2368 weights, packed at 3 bits -> 888 bytes
+    assert export["code_bytes"] == 888 and export["float_bytes"] == 4 * 2368
+    assert export["scale_bytes"] == 2 * 3 * 4  # alpha, gamma, scale per layer (per tensor)
+    assert export["identical_logits"] is True  # the model run from the codes is the fake-quant model
+    assert export["test_accuracy"] == export["fake_quant_accuracy"] == data["results"][2]["test_accuracy"]
+    assert f"{100 * export['test_accuracy']:.2f}%" in export_line and "888 bytes" in export_line
+    assert [r["recipe"] for r in data["results"]] == [None, "prototype", "paper", "paper"]
+
+
+def test_qat_refuses_bad_paper_bits(capsys):
+    assert main(["qat", "--recipe", "paper", "--paper-bits", "1", *TINY]) == 2
+    assert "b >= 2" in capsys.readouterr().err

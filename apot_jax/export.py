@@ -1,0 +1,163 @@
+"""Export of a paper-recipe layer to integer APoT codes, and inference from them.
+
+Mirrors ``apot_torch/export.py``. A kernel trained with
+``apot_jax.paper.paper_weight_quant`` is stored as its signed sign-magnitude
+codes (int8 for ``b <= 8``), alpha and gamma (per tensor or per output
+channel), the normalization scale (the weight's std, see
+``paper_weight_quant``) and the float bias. Two inference paths:
+
+* :func:`dequantize_kernel` / :func:`dense_from_codes`: the codes' levels times
+  the scale, then the float matmul. The kernel equals the fake-quant kernel
+  bit for bit, so the layer output equals the fake-quant layer's.
+* :func:`shift_add_matmul`: the prototype's ``LinearAPoT`` idea for integer
+  activations: every weight level is ``gamma * I / 2**D`` with ``I`` a sum of
+  ``n`` powers of two, so ``x @ I`` is shifts and adds of ``x``; exact in
+  integers (``docs/numerics.md`` 9).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from apot_common.tables import sign_magnitude_table
+from apot_jax import paper
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedDense:
+    """An exported dense layer (kernel ``(in_features, out_features)``).
+
+    Attributes:
+      codes: int8 (``b <= 8``, else int16) ``(in, out)`` signed codes.
+      alpha, gamma: float32 ``()`` or ``(out,)`` (per channel).
+      scale: float32 ``(1, 1)`` or ``(1, out)``: the normalization std (1 if
+        the layer did not normalize).
+      bias: float32 ``(out,)`` or ``None``.
+      b, k: the sign-magnitude configuration; per_channel: alpha per output.
+    """
+
+    codes: np.ndarray
+    alpha: np.ndarray
+    gamma: np.ndarray
+    scale: np.ndarray
+    bias: np.ndarray | None
+    b: int
+    k: int
+    per_channel: bool
+
+    def code_bytes(self) -> int:
+        """Bytes of the codes packed at ``b`` bits each."""
+        return -(-self.codes.size * self.b // 8)
+
+    def total_bytes(self) -> int:
+        """Packed codes plus the float32 alpha, gamma, scale and bias."""
+        floats = self.alpha.size + self.gamma.size + self.scale.size + (0 if self.bias is None else self.bias.size)
+        return self.code_bytes() + 4 * floats
+
+
+def _axis(per_channel: bool) -> int | None:
+    return -1 if per_channel else None
+
+
+def export_dense(
+    kernel: jax.Array,
+    alpha: jax.Array,
+    *,
+    b: int,
+    k: int,
+    normalize: bool = True,
+    per_channel: bool = False,
+    bias: jax.Array | None = None,
+) -> ExportedDense:
+    """Codes and scales of a trained ``(in, out)`` kernel and its alpha.
+
+    Raises:
+      ValueError: not a 2-D kernel, or a kernel with NaN (no code).
+    """
+    kernel = jnp.asarray(kernel, jnp.float32)
+    if kernel.ndim != 2:
+        raise ValueError(f"export_dense needs a 2-D kernel, got shape {kernel.shape}")
+    axis = _axis(per_channel)
+    if normalize:
+        w_hat, _, scale = paper.normalize_weight(kernel, axis)
+    else:
+        w_hat, scale = kernel, jnp.ones((1, kernel.shape[1] if per_channel else 1), jnp.float32)
+    qparams = paper.sign_magnitude_qparams(alpha, b=b, k=k)
+    codes = np.asarray(paper.quantize(w_hat, qparams, axis))
+    if (codes == sign_magnitude_table(b, k).nan_code).any():
+        raise ValueError("export_dense needs a kernel without NaN (NaN has no code)")
+    return ExportedDense(
+        codes=codes.astype(np.int8 if b <= 8 else np.int16),
+        alpha=np.asarray(qparams.alpha),
+        gamma=np.asarray(qparams.gamma),
+        scale=np.asarray(scale, np.float32).reshape(1, -1),
+        bias=None if bias is None else np.asarray(bias, np.float32),
+        b=b,
+        k=k,
+        per_channel=per_channel,
+    )
+
+
+def dequantize_kernel(exported: ExportedDense) -> jax.Array:
+    """float32 ``(in, out)`` kernel: the codes' levels times the scale, equal
+    bit for bit to the fake-quant kernel of ``paper_weight_quant``."""
+    qparams = paper.sign_magnitude_qparams(jnp.asarray(exported.alpha), b=exported.b, k=exported.k)
+    levels = paper.dequantize(jnp.asarray(exported.codes), qparams, _axis(exported.per_channel))
+    return levels * jnp.asarray(exported.scale)
+
+
+def dense_from_codes(x: jax.Array, exported: ExportedDense) -> jax.Array:
+    """``x (..., in)`` float32 -> ``x @ dequantize_kernel + bias`` ``(..., out)``."""
+    y = jnp.matmul(jnp.asarray(x, jnp.float32), dequantize_kernel(exported))
+    return y if exported.bias is None else y + jnp.asarray(exported.bias)
+
+
+def integer_weights(exported: ExportedDense) -> tuple[np.ndarray, int]:
+    """``(I, D)``: the kernel's levels are ``gamma * I / 2**D`` exactly, ``I``
+    int64 ``(in, out)`` (sign included), each a sum of at most ``n`` powers of
+    two (the APoT terms in units of ``2**-D``)."""
+    table = sign_magnitude_table(exported.b, exported.k).magnitude
+    d = table.n * (2**table.k - 1) - 1  # the finest term is 2**-d
+    magnitude = np.rint(table.base_sum.astype(np.float64) * 2.0**d).astype(np.int64)
+    codes = exported.codes.astype(np.int64)
+    return np.sign(codes) * magnitude[np.abs(codes)], d
+
+
+def shift_add_matmul(x_int: np.ndarray, exported: ExportedDense) -> np.ndarray:
+    """Exact ``x_int @ I`` (see :func:`integer_weights`) by shifts and adds.
+
+    Args:
+      x_int: integer ``(rows, in)`` activations.
+
+    Returns:
+      int64 ``(rows, out)``. For each term ``i`` and each exponent choice of
+      it, the ``{-1, 0, 1}`` plane of the weights using that power of two is
+      multiplied with ``x_int`` and shifted into place, as ``LinearAPoT``
+      does with its bit planes. The float output of the layer is then
+      ``result * gamma * 2**-D * scale + bias`` (float rounding differs from
+      :func:`dense_from_codes`; see ``docs/numerics.md`` 9).
+    """
+    x = np.asarray(x_int)
+    if not np.issubdtype(x.dtype, np.integer) or x.ndim != 2:
+        raise ValueError("shift_add_matmul needs a 2-D integer activation")
+    table = sign_magnitude_table(exported.b, exported.k).magnitude
+    n, k = table.n, table.k
+    d = n * (2**k - 1) - 1
+    codes = exported.codes.astype(np.int64)
+    sign, magnitude = np.sign(codes), np.abs(codes)
+    x = x.astype(np.int64)
+    out = np.zeros((x.shape[0], codes.shape[1]), np.int64)
+    for i in range(n):
+        # term i of code c is block i (most significant first), j > 0 meaning 2**-(i + (j - 1) * n)
+        block = (magnitude >> (k * (n - 1 - i))) & (2**k - 1)
+        for j in range(1, 2**k):
+            plane = np.where(block == j, sign, 0)
+            out += (x @ plane) << (d - i - (j - 1) * n)
+    return out
+
+
+__all__ = ["ExportedDense", "dense_from_codes", "dequantize_kernel", "export_dense", "integer_weights", "shift_add_matmul"]

@@ -1,0 +1,388 @@
+"""The APoT paper's weight recipe in JAX: sign-magnitude levels, learnable alpha,
+weight normalization, per-channel alpha.
+
+Mirrors ``apot_torch/paper.py`` function for function; the numerics are
+``docs/numerics.md`` section 9:
+
+* sign-magnitude scheme: a sign bit plus the unsigned APoT levels of the
+  other ``b - 1`` bits, ``2**b - 1`` levels symmetric about 0, rounded with the
+  contract's rule (section 5) over the whole symmetric set; codes are the
+  signed integers ``+-c`` (``c`` the magnitude's APoT code), NaN gets
+  ``-2**(b - 1)``;
+* learnable alpha (:func:`learnable_fake_quantize`, a ``jax.custom_vjp``): the
+  forward is the sign-magnitude fake quant with levels from alpha, the
+  backward gives ``x`` the clipped straight-through gradient and alpha the
+  paper's reparameterized gradient ``sign(x)`` outside ``[-alpha, alpha]`` and
+  ``(y - x) / alpha`` inside (``Pi(x/alpha) - x/alpha``), elementwise from
+  :func:`alpha_grad_elements`;
+* weight normalization (:func:`normalize_weight`) before quantization;
+* per-channel: alpha of shape ``(C,)`` for the channel axis ``channel_axis``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from apot_common.tables import sign_magnitude_table
+from apot_jax import levels as _levels
+from apot_jax.fake_quantize_function import ste_mask
+from apot_jax.observer import _as_float32
+from apot_jax.quantizer import _lookup
+
+
+@dataclasses.dataclass(frozen=True)
+class SignMagnitudeQParams:
+    """Qparams of the sign-magnitude scheme.
+
+    Attributes:
+      alpha: float32, shape ``()`` or ``(C,)`` (per channel).
+      gamma: float32 like ``alpha``: ``alpha / p_sum`` of the ``b - 1``-bit
+        magnitude table, correctly rounded.
+      quantization_levels: float32 ``alpha.shape + (2**b - 1,)``, ascending,
+        symmetric (``-mag[::-1]`` joined to ``mag`` at the one zero).
+      b, k: static configuration (``k`` divides ``b - 1``).
+    """
+
+    alpha: jax.Array
+    gamma: jax.Array
+    quantization_levels: jax.Array
+    b: int
+    k: int
+
+
+jax.tree_util.register_dataclass(
+    SignMagnitudeQParams, data_fields=["alpha", "gamma", "quantization_levels"], meta_fields=["b", "k"]
+)
+
+
+def sign_magnitude_qparams(alpha: jax.Array, *, b: int, k: int) -> SignMagnitudeQParams:
+    """Qparams of the ``(b, k)`` sign-magnitude scheme for clipping value ``alpha``.
+
+    Args:
+      alpha: float32 scalar or ``(C,)``; zero and subnormal alpha count as
+        ``+0.0`` (every level 0), negative or non-finite alpha give NaN levels.
+
+    Raises:
+      ValueError: ``b < 2`` or ``k`` not dividing ``b - 1`` (at trace time).
+    """
+    table = sign_magnitude_table(b, k)
+    alpha = _levels.positive_zero(jnp.asarray(alpha, jnp.float32))
+    g = _levels.gamma(alpha, table.p_sum)
+    mag = _levels.levels(g, table.magnitude)  # alpha.shape + (2**(b-1),), mag[..., 0] == 0
+    lv = jnp.concatenate([-mag[..., :0:-1], mag], axis=-1)
+    return SignMagnitudeQParams(alpha, g, lv, table.b, table.k)
+
+
+def _per_channel(
+    f: Callable[[jax.Array, SignMagnitudeQParams], jax.Array],
+    x: jax.Array,
+    qparams: SignMagnitudeQParams,
+    channel_axis: int | None,
+) -> jax.Array:
+    """``f(x, qparams)`` per tensor, or per channel of ``x`` along ``channel_axis``
+    with the matching entry of ``(C,)``-shaped qparams; result shaped like ``x``."""
+    if channel_axis is None:
+        if qparams.alpha.ndim != 0:
+            raise ValueError(f"per-tensor quantization needs a scalar alpha, got shape {qparams.alpha.shape}")
+        return f(x, qparams)
+    axis = _channel_axis(channel_axis, x.ndim)
+    channels = x.shape[axis]
+    if qparams.alpha.shape != (channels,):
+        raise ValueError(
+            f"per-channel alpha along axis {channel_axis} needs shape ({channels},), got {qparams.alpha.shape}"
+        )
+    moved = jnp.moveaxis(x, axis, 0)
+    out = jax.vmap(f)(moved.reshape(channels, -1), qparams)
+    return jnp.moveaxis(out.reshape(moved.shape), 0, axis)
+
+
+def _channel_axis(channel_axis: int, ndim: int) -> int:
+    if not -ndim <= channel_axis < ndim:
+        raise ValueError(f"channel_axis {channel_axis} is out of range for a {ndim}-D input")
+    return channel_axis % ndim
+
+
+def quantize(x: jax.Array, qparams: SignMagnitudeQParams, channel_axis: int | None = None) -> jax.Array:
+    """Signed codes of ``x`` (floating, any shape), int32 shaped like ``x``.
+
+    ``+c`` / ``-c`` for the positive / negative level of magnitude code ``c``
+    (0 for the zero level); ``-2**(b - 1)`` for NaN input or NaN qparams.
+    """
+    x = _as_float32(x, "quantize")
+    table = sign_magnitude_table(qparams.b, qparams.k)
+    codes = jnp.asarray(table.code_by_position)
+    return _per_channel(lambda v, qp: _lookup(v, qp, codes, table.nan_code), x, qparams, channel_axis)
+
+
+def quant_dequant(x: jax.Array, qparams: SignMagnitudeQParams, channel_axis: int | None = None) -> jax.Array:
+    """Nearest sign-magnitude level of each element (contract rule, section 5,
+    on the symmetric set); shape and dtype of ``x``; NaN stays NaN."""
+    dtype = jnp.asarray(x).dtype
+    x32 = _as_float32(x, "quant_dequant")
+    out = _per_channel(lambda v, qp: _lookup(v, qp, qp.quantization_levels, jnp.nan), x32, qparams, channel_axis)
+    return out.astype(dtype)
+
+
+def dequantize(codes: jax.Array, qparams: SignMagnitudeQParams, channel_axis: int | None = None) -> jax.Array:
+    """float32 levels of signed ``codes`` (integer array); the NaN code and
+    codes outside ``(-2**(b-1), 2**(b-1))`` give NaN."""
+    codes = jnp.asarray(codes)
+    if not jnp.issubdtype(codes.dtype, jnp.integer):
+        raise TypeError(f"dequantize needs integer codes, got dtype {codes.dtype}")
+    table = sign_magnitude_table(qparams.b, qparams.k)
+    half = 2 ** (qparams.b - 1)
+    # position of each magnitude code among the ascending magnitudes
+    position_of_code = jnp.argsort(jnp.asarray(table.magnitude.level_indices))
+    zero = half - 1  # position of the zero level in the symmetric set
+
+    def one(c: jax.Array, qp: SignMagnitudeQParams) -> jax.Array:
+        c = c.astype(jnp.int32)
+        valid = (c > -half) & (c < half)
+        pos = position_of_code[jnp.clip(jnp.abs(c), 0, half - 1)]
+        pos = jnp.where(c < 0, zero - pos, zero + pos)
+        return jnp.where(valid, qp.quantization_levels[pos], jnp.float32(jnp.nan))
+
+    return _per_channel(one, codes, qparams, channel_axis)
+
+
+# --------------------------------------------------------------------------
+# learnable alpha
+
+
+def reciprocal(alpha: jax.Array) -> jax.Array:
+    """Correctly rounded float32 ``1 / alpha`` (XLA's division is not).
+
+    Args:
+      alpha: float32, any shape.
+
+    Returns:
+      float32 like ``alpha``: the IEEE quotient for positive normal finite
+      alpha (0 if it would be subnormal); 0 for zero, subnormal and ``+inf``
+      alpha; NaN for negative or NaN alpha.
+    """
+    alpha = _levels.flush_subnormal(jnp.asarray(alpha, jnp.float32))
+    normal = jnp.isfinite(alpha) & (alpha > 0)
+    bits = _levels._bits(jnp.where(normal, alpha, jnp.float32(1)))
+    e = ((bits >> 23) & 0xFF) - 127
+    m = _levels._float((bits & 0x007FFFFF) | (127 << 23))  # alpha = m * 2**e, m in [1, 2)
+    q = jnp.float32(1) / m  # within an ulp or two of 1/m, in (0.5, 1]
+    up, down = jnp.float32(jnp.inf), jnp.float32(-jnp.inf)
+    below = jnp.nextafter(q, down)
+    above = jnp.nextafter(q, up)
+    candidates = jnp.stack([jnp.nextafter(below, down), below, q, above, jnp.nextafter(above, up)])
+    # Residual 2**48 * (1 - c * m) = 2**48 - C * M with C = c * 2**25 and
+    # M = m * 2**23, both integers (c >= 0.25). |residual| < 2**27, so the
+    # product modulo 2**32 (XLA's int32 multiply wraps) gives it exactly.
+    big_c = (candidates * jnp.float32(2.0**25)).astype(jnp.int32)
+    big_m = (m * jnp.float32(2.0**23)).astype(jnp.int32)
+    residual = -(big_c * big_m)
+    best = jnp.take_along_axis(candidates, jnp.argmin(jnp.abs(residual), axis=0)[None], axis=0)[0]
+    r = _levels._scale_by_power_of_two(best, -e)
+    r = jnp.where(normal, r, jnp.float32(0))
+    return jnp.where((alpha < 0) | jnp.isnan(alpha), jnp.float32(jnp.nan), r)
+
+
+def alpha_grad_elements(x: jax.Array, alpha: jax.Array, y: jax.Array) -> jax.Array:
+    """Per-element ``d y / d alpha`` of the learnable fake quant (paper, eq. 10).
+
+    Args:
+      x: the input, float32; ``alpha``: float32 broadcastable to ``x``;
+      y: ``quant_dequant(x)`` for that alpha, float32 like ``x``.
+
+    Returns:
+      float32 like ``x``: ``+1`` / ``-1`` for ``x > alpha`` / ``x < -alpha``
+      (``+-inf`` included), ``(y - x) * reciprocal(alpha)`` inside (the
+      normalized ``Pi(x/alpha) - x/alpha``; subnormal ``x`` counts as 0, and
+      the difference and the product are flushed to zero when subnormal), 0
+      for NaN ``x``. Only IEEE subtract, multiply and comparisons, in an order
+      no FMA contraction can change, so every backend gives the same bits.
+    """
+    x = _levels.flush_subnormal(x.astype(jnp.float32))
+    alpha = jnp.asarray(alpha, jnp.float32)
+    diff = _levels.flush_subnormal(y.astype(jnp.float32) - x)
+    inside = _levels.flush_subnormal(diff * reciprocal(alpha))
+    outside = jnp.where(x > 0, jnp.float32(1), jnp.float32(-1))
+    g = jnp.where(ste_mask(x, alpha), inside, outside)
+    return jnp.where(jnp.isnan(x), jnp.float32(0), g)
+
+
+def pairwise_sum(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+    """Sum of float32 ``x`` over ``axes`` (kept as size 1) in a fixed order.
+
+    Pairwise: the entries (in row-major order over ``axes``) are added as
+    ``(0 + 1), (2 + 3), ...``, a zero appended to an odd count, repeatedly,
+    each partial sum flushed to zero if subnormal. Only elementwise IEEE adds,
+    which no compiler reorders, so the result has the same bits under ``jit``
+    or not, in any fusion, and in ``apot_torch`` (a plain ``jnp.sum`` has the
+    backend's order, which differs between jit contexts and frameworks).
+    """
+    x = jnp.asarray(x, jnp.float32)
+    rest = tuple(i for i in range(x.ndim) if i not in axes)
+    moved = jnp.transpose(x, tuple(axes) + rest)
+    kept_shape = tuple(x.shape[i] for i in rest)
+    # flushing is a select: it also keeps a compiler from contracting a
+    # product that feeds this sum into an FMA (XLA on CPU does), which would
+    # round differently
+    v = _levels.flush_subnormal(moved.reshape((-1,) + kept_shape))
+    while v.shape[0] > 1:
+        if v.shape[0] % 2:
+            v = jnp.concatenate([v, jnp.zeros((1,) + kept_shape, jnp.float32)])
+        v = _levels.flush_subnormal(v[0::2] + v[1::2])
+    total = v[0] if v.shape[0] else jnp.zeros(kept_shape, jnp.float32)
+    out_shape = tuple(1 if i in axes else x.shape[i] for i in range(x.ndim))
+    return total.reshape(out_shape)
+
+
+def _broadcast_channel(alpha: jax.Array, ndim: int, channel_axis: int | None) -> jax.Array:
+    """``alpha`` (scalar or ``(C,)``) shaped to broadcast against an ``ndim``-D input."""
+    if channel_axis is None:
+        return alpha
+    shape = [1] * ndim
+    shape[_channel_axis(channel_axis, ndim)] = alpha.shape[0]
+    return alpha.reshape(shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _learnable(x: jax.Array, alpha: jax.Array, config: tuple[int, int, int | None]) -> jax.Array:
+    b, k, channel_axis = config
+    return quant_dequant(x, sign_magnitude_qparams(alpha, b=b, k=k), channel_axis)
+
+
+def _learnable_fwd(x, alpha, config):
+    y = _learnable(x, alpha, config)
+    return y, (x, alpha, y)
+
+
+def _learnable_bwd(config, residuals, dy):
+    x, alpha, y = residuals
+    channel_axis = config[2]
+    a = _broadcast_channel(jnp.asarray(alpha, jnp.float32), x.ndim, channel_axis)
+    dx = jnp.where(ste_mask(x, a), dy, jnp.zeros_like(dy))
+    contributions = _levels.flush_subnormal(dy.astype(jnp.float32) * alpha_grad_elements(x, a, y))
+    if channel_axis is None:
+        dalpha = pairwise_sum(contributions, tuple(range(x.ndim))).reshape(())
+    else:
+        axis = _channel_axis(channel_axis, x.ndim)
+        dalpha = pairwise_sum(contributions, tuple(i for i in range(x.ndim) if i != axis)).reshape(-1)
+    return dx, dalpha.astype(jnp.asarray(alpha).dtype)
+
+
+_learnable.defvjp(_learnable_fwd, _learnable_bwd)
+
+
+def learnable_fake_quantize(
+    x: jax.Array, alpha: jax.Array, *, b: int, k: int, channel_axis: int | None = None
+) -> jax.Array:
+    """Sign-magnitude fake quant with a trainable clipping value.
+
+    Args:
+      x: floating array (f32, bf16, f16), any shape.
+      alpha: float32 scalar, or ``(C,)`` with ``C = x.shape[channel_axis]``.
+      b, k: bits (sign included) and base width of the magnitude (``k | b - 1``).
+      channel_axis: ``None`` (per tensor) or the axis of ``x`` that ``alpha``
+        runs along.
+
+    Returns:
+      ``quant_dequant(x, sign_magnitude_qparams(alpha))``, shaped and typed
+      like ``x``. Gradients: ``dx = dy * (|x| <= alpha)``; ``dalpha`` the
+      :func:`pairwise_sum` of ``dy * alpha_grad_elements(x, alpha, y)``
+      (products flushed when subnormal) over the tensor (per channel: over
+      every axis but ``channel_axis``), so it is bitwise reproducible too.
+    """
+    _as_float32(x, "learnable_fake_quantize")
+    sign_magnitude_table(b, k)
+    alpha = jnp.asarray(alpha, jnp.float32)
+    if channel_axis is not None:
+        _channel_axis(channel_axis, jnp.ndim(x))
+    return _learnable(x, alpha, (int(b), int(k), channel_axis))
+
+
+# --------------------------------------------------------------------------
+# weight normalization
+
+
+def normalize_weight(w: jax.Array, channel_axis: int | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Zero mean, unit variance over the tensor (or per channel), as the paper.
+
+    Args:
+      w: float32 weight, any shape with at least 2 elements per statistic.
+      channel_axis: ``None`` for one mean/std over the whole tensor, else the
+        axis whose entries get their own.
+
+    Returns:
+      ``(w_hat, mean, std)``: ``w_hat = (w - mean) / std`` shaped like ``w``;
+      ``mean`` and ``std`` (unbiased, like ``torch.Tensor.std`` in the paper's
+      code) keep the reduced axes as size 1. The statistics are constants for
+      the gradient, as in the paper's code (``weight.data.mean()``), so
+      ``d w_hat / d w = 1 / std``. A zero std gives ``w_hat = w - mean`` (all
+      zeros). Reductions are the backend's: equal across frameworks only to
+      within float32 rounding (``docs/numerics.md`` 9).
+    """
+    w = jnp.asarray(w, jnp.float32)
+    if channel_axis is None:
+        axes = tuple(range(w.ndim))
+    else:
+        axis = _channel_axis(channel_axis, w.ndim)
+        axes = tuple(i for i in range(w.ndim) if i != axis)
+    count = 1
+    for i in axes:
+        count *= w.shape[i]
+    if count < 2:
+        raise ValueError(f"weight normalization needs at least 2 elements per statistic, got {count}")
+    stats_of = lax.stop_gradient(w)
+    # Fixed-order sums, multiplies by host-rounded constants and a correctly
+    # rounded reciprocal instead of jnp.mean and divisions: XLA's reduction
+    # order and its rewriting of divisions differ between jit contexts (and
+    # from torch), which would change w_hat's bits between the training step,
+    # the export and the torch twin.
+    # The flushes (selects) after products that feed a subtraction keep XLA
+    # from contracting the pair into an FMA, which rounds once instead of twice.
+    mean = _levels.flush_subnormal(pairwise_sum(stats_of, axes) * jnp.float32(1 / count))
+    var = pairwise_sum(jnp.square(stats_of - mean), axes) * jnp.float32(1 / (count - 1))
+    std = jnp.sqrt(var)
+    return _levels.flush_subnormal((w - mean) * reciprocal(std)), mean, std
+
+
+def paper_weight_quant(
+    w: jax.Array,
+    alpha: jax.Array,
+    *,
+    b: int,
+    k: int,
+    normalize: bool = True,
+    channel_axis: int | None = None,
+) -> jax.Array:
+    """The paper's weight fake quant: normalize, quantize with learnable alpha.
+
+    ``std * learnable_fake_quantize((w - mean) / std, alpha)`` with
+    ``normalize`` (the factor ``std`` stands in for the BatchNorm that
+    follows every convolution in the paper's networks; the mean is not added
+    back, so the quantized weight stays on the symmetric level set, scaled),
+    else ``learnable_fake_quantize(w, alpha)``. Shapes as
+    :func:`learnable_fake_quantize`; float32 output.
+    """
+    if not normalize:
+        return learnable_fake_quantize(w, alpha, b=b, k=k, channel_axis=channel_axis)
+    w_hat, _, std = normalize_weight(w, channel_axis)
+    return learnable_fake_quantize(w_hat, alpha, b=b, k=k, channel_axis=channel_axis) * std
+
+
+__all__ = [
+    "SignMagnitudeQParams",
+    "alpha_grad_elements",
+    "dequantize",
+    "learnable_fake_quantize",
+    "normalize_weight",
+    "pairwise_sum",
+    "paper_weight_quant",
+    "quant_dequant",
+    "quantize",
+    "reciprocal",
+    "sign_magnitude_qparams",
+]

@@ -1,0 +1,301 @@
+"""The APoT paper's weight recipe in torch: sign-magnitude levels, learnable
+alpha, weight normalization, per-channel alpha.
+
+Mirrors ``apot_jax/paper.py`` function for function (see that module and
+``docs/numerics.md`` section 9). Every function works on any device and never
+modifies its inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from apot_common.tables import sign_magnitude_table
+from apot_torch import levels as _levels
+from apot_torch.fake_quantize_function import ste_mask
+from apot_torch.quantizer import _lookup, as_float32
+
+
+class SignMagnitudeQParams(NamedTuple):
+    """Qparams of the sign-magnitude scheme (see ``apot_jax.paper``).
+
+    alpha, gamma: float32 ``()`` or ``(C,)``; quantization_levels: float32
+    ``alpha.shape + (2**b - 1,)``, ascending and symmetric; b, k: ints.
+    """
+
+    alpha: Tensor
+    gamma: Tensor
+    quantization_levels: Tensor
+    b: int
+    k: int
+
+
+def sign_magnitude_qparams(alpha: Tensor, *, b: int, k: int) -> SignMagnitudeQParams:
+    """Qparams of the ``(b, k)`` sign-magnitude scheme for clipping value ``alpha``
+    (float32 scalar or ``(C,)``; zero/subnormal count as ``+0.0``, negative or
+    non-finite give NaN levels).
+
+    Raises:
+      ValueError: ``b < 2`` or ``k`` not dividing ``b - 1``.
+    """
+    table = sign_magnitude_table(b, k)
+    alpha = _levels.positive_zero(alpha.detach().to(torch.float32))
+    g = _levels.gamma(alpha, table.p_sum)
+    mag = _levels.levels(g, table.magnitude)
+    lv = torch.cat([-mag[..., 1:].flip(-1), mag], dim=-1)
+    return SignMagnitudeQParams(alpha, g, lv, table.b, table.k)
+
+
+def _channel_axis(channel_axis: int, ndim: int) -> int:
+    if not -ndim <= channel_axis < ndim:
+        raise ValueError(f"channel_axis {channel_axis} is out of range for a {ndim}-D input")
+    return channel_axis % ndim
+
+
+def _per_channel(
+    f: Callable[[Tensor, SignMagnitudeQParams], Tensor],
+    x: Tensor,
+    qparams: SignMagnitudeQParams,
+    channel_axis: int | None,
+) -> Tensor:
+    """``f(x, qparams)`` per tensor, or channel by channel along ``channel_axis``
+    with the matching entry of ``(C,)``-shaped qparams; shaped like ``x``."""
+    if channel_axis is None:
+        if qparams.alpha.dim() != 0:
+            raise ValueError(f"per-tensor quantization needs a scalar alpha, got shape {tuple(qparams.alpha.shape)}")
+        return f(x, qparams)
+    axis = _channel_axis(channel_axis, x.dim())
+    channels = x.shape[axis]
+    if tuple(qparams.alpha.shape) != (channels,):
+        raise ValueError(
+            f"per-channel alpha along axis {channel_axis} needs shape ({channels},), got {tuple(qparams.alpha.shape)}"
+        )
+    if channels == 0:
+        raise ValueError("per-channel quantization needs at least one channel")
+    moved = x.movedim(axis, 0)
+    # One channel at a time: the rounding tables are per alpha (correctness
+    # first; a batched threshold search would be the speed-up).
+    pieces = []
+    for c in range(channels):
+        qp = SignMagnitudeQParams(
+            qparams.alpha[c], qparams.gamma[c], qparams.quantization_levels[c], qparams.b, qparams.k
+        )
+        pieces.append(f(moved[c], qp))
+    out = torch.stack(pieces)
+    return out.movedim(0, axis)
+
+
+def quantize(x: Tensor, qparams: SignMagnitudeQParams, channel_axis: int | None = None) -> Tensor:
+    """Signed int32 codes of ``x`` (``+-c``; ``-2**(b - 1)`` for NaN), shaped like ``x``."""
+    x = as_float32(x, "quantize")
+    table = sign_magnitude_table(qparams.b, qparams.k)
+    codes = torch.tensor(table.code_by_position, device=x.device)
+    return _per_channel(
+        lambda v, qp: _lookup(v, qp.alpha, qp.gamma, qp.quantization_levels, codes, table.nan_code),
+        x,
+        qparams,
+        channel_axis,
+    )
+
+
+def quant_dequant(x: Tensor, qparams: SignMagnitudeQParams, channel_axis: int | None = None) -> Tensor:
+    """Nearest sign-magnitude level of each element; shape and dtype of ``x``."""
+    x32 = as_float32(x, "quant_dequant")
+    out = _per_channel(
+        lambda v, qp: _lookup(v, qp.alpha, qp.gamma, qp.quantization_levels, qp.quantization_levels, float("nan")),
+        x32,
+        qparams,
+        channel_axis,
+    )
+    return out.to(x.dtype)
+
+
+def dequantize(codes: Tensor, qparams: SignMagnitudeQParams, channel_axis: int | None = None) -> Tensor:
+    """float32 levels of signed ``codes``; the NaN code and codes outside
+    ``(-2**(b-1), 2**(b-1))`` give NaN."""
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise TypeError(f"dequantize needs integer codes, got dtype {codes.dtype}")
+    table = sign_magnitude_table(qparams.b, qparams.k)
+    half = 2 ** (qparams.b - 1)
+    position_of_code = torch.argsort(torch.tensor(table.magnitude.level_indices, device=codes.device))
+    zero = half - 1
+
+    def one(c: Tensor, qp: SignMagnitudeQParams) -> Tensor:
+        c = c.to(torch.int64)
+        valid = (c > -half) & (c < half)
+        pos = position_of_code[c.abs().clamp(0, half - 1)]
+        pos = torch.where(c < 0, zero - pos, zero + pos)
+        return torch.where(valid, qp.quantization_levels[pos], float("nan"))
+
+    return _per_channel(one, codes, qparams, channel_axis)
+
+
+# --------------------------------------------------------------------------
+# learnable alpha
+
+
+def reciprocal(alpha: Tensor) -> Tensor:
+    """Correctly rounded float32 ``1 / alpha`` by the same steps as
+    ``apot_jax.paper.reciprocal`` (0 where subnormal, and for zero, subnormal
+    and ``+inf`` alpha; NaN for negative or NaN alpha)."""
+    alpha = _levels.flush_subnormal(alpha.to(torch.float32))
+    normal = torch.isfinite(alpha) & (alpha > 0)
+    bits = _levels._bits(torch.where(normal, alpha, torch.ones_like(alpha)))
+    e = ((bits >> 23) & 0xFF) - 127
+    m = _levels._float((bits & 0x007FFFFF) | (127 << 23))
+    q = 1.0 / m
+    inf = torch.full_like(q, float("inf"))
+    below = torch.nextafter(q, -inf)
+    above = torch.nextafter(q, inf)
+    candidates = torch.stack([torch.nextafter(below, -inf), below, q, above, torch.nextafter(above, inf)])
+    # 2**48 * (1 - c * m) exactly, in int64 (JAX gets the same integer from a
+    # wrapping int32 product)
+    big_c = (candidates * 2.0**25).to(torch.int64)
+    big_m = (m * 2.0**23).to(torch.int64)
+    residual = 2**48 - big_c * big_m
+    best = torch.gather(candidates, 0, residual.abs().argmin(dim=0, keepdim=True))[0]
+    r = _levels._scale_by_power_of_two(best, -e)
+    r = torch.where(normal, r, torch.zeros_like(r))
+    return torch.where((alpha < 0) | torch.isnan(alpha), float("nan"), r)
+
+
+def alpha_grad_elements(x: Tensor, alpha: Tensor, y: Tensor) -> Tensor:
+    """Per-element ``d y / d alpha`` (see ``apot_jax.paper.alpha_grad_elements``):
+    ``sign(x)`` outside ``[-alpha, alpha]``, ``(y - x) * reciprocal(alpha)``
+    inside (subnormals flushed), 0 for NaN ``x``; float32 like ``x``."""
+    x = _levels.flush_subnormal(x.to(torch.float32))
+    alpha = alpha.to(torch.float32)
+    diff = _levels.flush_subnormal(y.to(torch.float32) - x)
+    inside = _levels.flush_subnormal(diff * reciprocal(alpha))
+    outside = torch.where(x > 0, 1.0, -1.0)
+    g = torch.where(ste_mask(x, alpha), inside, outside)
+    return torch.where(torch.isnan(x), 0.0, g)
+
+
+def pairwise_sum(x: Tensor, dims: list[int]) -> Tensor:
+    """Sum of float32 ``x`` over ``dims`` (kept as size 1) in the fixed
+    pairwise order of ``apot_jax.paper.pairwise_sum`` (partial sums flushed
+    when subnormal), so both frameworks give the same bits."""
+    x = x.to(torch.float32)
+    rest = [i for i in range(x.dim()) if i not in dims]
+    kept_shape = [x.shape[i] for i in rest]
+    v = _levels.flush_subnormal(x.permute(*dims, *rest).reshape([-1] + kept_shape))
+    while v.shape[0] > 1:
+        if v.shape[0] % 2:
+            v = torch.cat([v, v.new_zeros([1] + kept_shape)])
+        v = _levels.flush_subnormal(v[0::2] + v[1::2])
+    total = v[0] if v.shape[0] else x.new_zeros(kept_shape)
+    return total.reshape([1 if i in dims else x.shape[i] for i in range(x.dim())])
+
+
+def _broadcast_channel(alpha: Tensor, ndim: int, channel_axis: int | None) -> Tensor:
+    if channel_axis is None:
+        return alpha
+    shape = [1] * ndim
+    shape[_channel_axis(channel_axis, ndim)] = alpha.shape[0]
+    return alpha.reshape(shape)
+
+
+class learnable_fake_quantize_function(torch.autograd.Function):  # noqa: N801 (torch.ao naming)
+    """``y = quant_dequant(x, sign_magnitude_qparams(alpha))``;
+    ``dx = dy * (|x| <= alpha)``, ``dalpha = pairwise_sum(dy *
+    alpha_grad_elements)`` over the tensor (per channel: over every dim but
+    ``channel_axis``), bitwise equal to ``apot_jax``.
+
+    ``apply(x, alpha, b, k, channel_axis)``: ``x`` floating, any shape;
+    ``alpha`` float32 scalar or ``(C,)``. Output: shape and dtype of ``x``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None):
+        as_float32(x, "learnable_fake_quantize")
+        y = quant_dequant(x, sign_magnitude_qparams(alpha, b=b, k=k), channel_axis)
+        ctx.channel_axis = channel_axis
+        ctx.save_for_backward(x, alpha, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        x, alpha, y = ctx.saved_tensors
+        channel_axis = ctx.channel_axis
+        a = _broadcast_channel(alpha.detach().to(torch.float32), x.dim(), channel_axis)
+        grad_x = torch.where(ste_mask(x, a), grad_output, 0.0)
+        contributions = _levels.flush_subnormal(grad_output.to(torch.float32) * alpha_grad_elements(x, a, y))
+        if channel_axis is None:
+            grad_alpha = pairwise_sum(contributions, list(range(x.dim()))).reshape(())
+        else:
+            axis = _channel_axis(channel_axis, x.dim())
+            grad_alpha = pairwise_sum(contributions, [i for i in range(x.dim()) if i != axis]).reshape(-1)
+        return grad_x, grad_alpha.to(alpha.dtype), None, None, None
+
+
+def learnable_fake_quantize(x: Tensor, alpha: Tensor, *, b: int, k: int, channel_axis: int | None = None) -> Tensor:
+    """Sign-magnitude fake quant with a trainable ``alpha`` (see
+    ``apot_jax.paper.learnable_fake_quantize`` for shapes and gradients)."""
+    sign_magnitude_table(b, k)
+    if channel_axis is not None:
+        _channel_axis(channel_axis, x.dim())
+    return learnable_fake_quantize_function.apply(x, alpha, int(b), int(k), channel_axis)
+
+
+# --------------------------------------------------------------------------
+# weight normalization
+
+
+def normalize_weight(w: Tensor, channel_axis: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(w_hat, mean, std)`` with ``w_hat = (w - mean) / std`` over the tensor
+    (or per channel), unbiased std, statistics detached (constants for the
+    gradient), zero std giving ``w_hat = 0``; computed by the same steps as
+    ``apot_jax.paper.normalize_weight``, bit for bit."""
+    w = w.to(torch.float32)
+    if channel_axis is None:
+        dims = list(range(w.dim()))
+    else:
+        axis = _channel_axis(channel_axis, w.dim())
+        dims = [i for i in range(w.dim()) if i != axis]
+    count = 1
+    for i in dims:
+        count *= w.shape[i]
+    if count < 2:
+        raise ValueError(f"weight normalization needs at least 2 elements per statistic, got {count}")
+    stats_of = w.detach()
+    # the same fixed-order sums and multiplies by host-rounded constants as apot_jax
+    one_over_count = torch.tensor(1 / count, dtype=torch.float32, device=w.device)
+    one_over_dof = torch.tensor(1 / (count - 1), dtype=torch.float32, device=w.device)
+    mean = _levels.flush_subnormal(pairwise_sum(stats_of, dims) * one_over_count)
+    var = pairwise_sum((stats_of - mean).square(), dims) * one_over_dof
+    # torch's vectorised float32 sqrt on CPU is not always correctly rounded
+    # (XLA's is); the float64 root rounded to float32 is (53 >= 2 * 24 + 2 bits)
+    std = var.double().sqrt().float()
+    return _levels.flush_subnormal((w - mean) * reciprocal(std)), mean, std
+
+
+def paper_weight_quant(
+    w: Tensor, alpha: Tensor, *, b: int, k: int, normalize: bool = True, channel_axis: int | None = None
+) -> Tensor:
+    """``std * learnable_fake_quantize((w - mean) / std, alpha)`` with
+    ``normalize``, else ``learnable_fake_quantize(w, alpha)`` (see
+    ``apot_jax.paper.paper_weight_quant``)."""
+    if not normalize:
+        return learnable_fake_quantize(w, alpha, b=b, k=k, channel_axis=channel_axis)
+    w_hat, _, std = normalize_weight(w, channel_axis)
+    return learnable_fake_quantize(w_hat, alpha, b=b, k=k, channel_axis=channel_axis) * std
+
+
+__all__ = [
+    "SignMagnitudeQParams",
+    "alpha_grad_elements",
+    "dequantize",
+    "learnable_fake_quantize",
+    "learnable_fake_quantize_function",
+    "normalize_weight",
+    "pairwise_sum",
+    "paper_weight_quant",
+    "quant_dequant",
+    "reciprocal",
+    "quantize",
+    "sign_magnitude_qparams",
+]

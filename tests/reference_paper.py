@@ -1,0 +1,101 @@
+"""Brute-force reference of the paper recipe's numerics (``docs/numerics.md``
+section 9), independent of both implementations: exact rationals for gamma,
+the levels and the reciprocal, the signed codes from the combination order,
+a full scan over the levels for rounding, numpy float32 for the gradients.
+"""
+
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+
+import numpy as np
+
+from tests.reference import exact_terms, reference_positions, round_rational_to_float32
+
+
+def reference_sign_magnitude(alpha: float, b: int, k: int):
+    """``(gamma, levels, codes)`` of the sign-magnitude scheme for a finite
+    alpha >= 0: float32 ``levels`` ascending (``2**b - 1``) and int64 ``codes``
+    (``-c`` / ``+c`` for the negative / non-negative level of magnitude code
+    ``c``, the combination number in the unsigned ``(b - 1, k)`` table)."""
+    m = b - 1
+    n = m // k
+    alpha = np.float32(alpha)
+    if abs(alpha) < np.finfo(np.float32).tiny:
+        alpha = np.float32(0.0)
+    p_sum = 2 - Fraction(2) ** (1 - n)
+    gamma = round_rational_to_float32(Fraction(float(alpha)) / p_sum)
+    sums = [sum(c) for c in itertools.product(*exact_terms(m, k, False))]
+    order = sorted(range(len(sums)), key=sums.__getitem__)  # magnitude codes, ascending
+
+    def level(c: int) -> np.float32:
+        base = round_rational_to_float32(sums[c])
+        if gamma == 0 or base == 0:
+            return np.float32(gamma) * base
+        return round_rational_to_float32(Fraction(float(gamma)) * Fraction(float(base)))
+
+    mags = [level(c) for c in order]
+    levels = [-v for v in reversed(mags[1:])] + mags
+    codes = [-c for c in reversed(order[1:])] + order
+    return gamma, np.array(levels, np.float32), np.array(codes, np.int64)
+
+
+def reference_sm_quantize(x: np.ndarray, alpha: float, b: int, k: int):
+    """``(codes, values)`` of float32 ``x`` (flattened): first level minimising
+    ``|fl32(level - x)|`` over the whole symmetric set; NaN -> code
+    ``-2**(b-1)`` and NaN."""
+    _, levels, codes = reference_sign_magnitude(alpha, b, k)
+    p = reference_positions(x, np.float32(alpha), levels)
+    out_codes = np.where(p >= 0, codes[np.maximum(p, 0)], -(2 ** (b - 1)))
+    values = np.where(p >= 0, levels[np.maximum(p, 0)], np.float32(np.nan)).astype(np.float32)
+    return out_codes, values
+
+
+def reference_reciprocal(alpha: np.ndarray) -> np.ndarray:
+    """Correctly rounded float32 ``1 / alpha`` for positive normal alpha (a
+    subnormal result is 0), by exact rationals."""
+    return np.array([round_rational_to_float32(1 / Fraction(float(a))) for a in np.ravel(alpha)], np.float32)
+
+
+def _ftz(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float32)
+    return np.where(np.abs(a) < np.finfo(np.float32).tiny, a * np.float32(0), a).astype(np.float32)
+
+
+def reference_alpha_grad_elements(x: np.ndarray, alpha: float, y: np.ndarray) -> np.ndarray:
+    """Per-element ``dy/dalpha`` in numpy float32 (gradual underflow, then
+    flushed): ``sign(x)`` outside ``[-alpha, alpha]``, ``fl(fl(y - x) * fl(1/alpha))``
+    inside, 0 for NaN."""
+    x = _ftz(np.asarray(x, np.float32))
+    alpha = np.float32(alpha)
+    r = reference_reciprocal(np.array([alpha]))[0] if alpha > 0 else np.float32(0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        inside = _ftz(_ftz(np.asarray(y, np.float32) - x) * r)
+        is_inside = np.abs(x) <= alpha
+    g = np.where(is_inside, inside, np.where(x > 0, np.float32(1), np.float32(-1))).astype(np.float32)
+    return np.where(np.isnan(x), np.float32(0), g)
+
+
+def reference_pairwise_sum(x: np.ndarray) -> np.float32:
+    """Fixed-order float32 sum of ``x`` (flattened): ``(0 + 1), (2 + 3), ...``
+    with a zero appended to an odd count, repeatedly, subnormals flushed."""
+    v = _ftz(np.ravel(np.asarray(x, np.float32)))
+    while v.size > 1:
+        if v.size % 2:
+            v = np.append(v, np.float32(0))
+        v = _ftz(v[0::2] + v[1::2])
+    return np.float32(v[0]) if v.size else np.float32(0)
+
+
+def reference_normalize(w: np.ndarray):
+    """``(w_hat, mean, std)`` over the whole of float32 ``w`` by the rule of
+    ``docs/numerics.md`` 9 (pairwise sums, host-rounded 1/count, correctly
+    rounded sqrt and reciprocal), in numpy."""
+    w = np.asarray(w, np.float32)
+    count = w.size
+    mean = _ftz(reference_pairwise_sum(w) * np.float32(1 / count))
+    var = reference_pairwise_sum(np.square(w - mean)) * np.float32(1 / (count - 1))
+    std = np.float32(np.sqrt(np.float64(var)))
+    r = reference_reciprocal(np.array([std]))[0] if std > 0 else np.float32(0)
+    return _ftz((w - mean) * r), mean, std

@@ -1,0 +1,143 @@
+"""apot_torch's paper recipe (``apot_torch.paper``, ``apot_torch.export``,
+``LearnableAPoTFakeQuantize`` and the paper qconfigs) against the brute-force
+reference of ``tests/reference_paper.py``, bit for bit (matmuls excepted)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.ao.quantization import prepare_qat
+
+from apot_torch import export, paper, qconfig
+from apot_torch.fake_quantize_module import LearnableAPoTFakeQuantize
+from tests.reference import adversarial_inputs
+from tests.reference_paper import (
+    reference_alpha_grad_elements,
+    reference_normalize,
+    reference_pairwise_sum,
+    reference_reciprocal,
+    reference_sign_magnitude,
+    reference_sm_quantize,
+)
+
+CONFIGS = [(2, 1), (3, 2), (4, 1), (4, 3), (5, 2), (6, 1)]
+ALPHAS = [1.0, 2.7182817, 3e-37, 2e38, 0.0]
+
+
+def bits(a) -> np.ndarray:
+    a = a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else a
+    return np.asarray(a, np.float32).view(np.int32)
+
+
+@pytest.mark.parametrize("b, k", CONFIGS, ids=lambda v: str(v))
+def test_qparams_codes_and_rounding_match_the_reference(b, k):
+    rng = np.random.default_rng(b * 10 + k)
+    for alpha in ALPHAS:
+        gamma, levels, _ = reference_sign_magnitude(alpha, b, k)
+        qp = paper.sign_magnitude_qparams(torch.tensor(alpha, dtype=torch.float32), b=b, k=k)
+        assert bits(qp.gamma) == bits(gamma)
+        assert np.array_equal(bits(qp.quantization_levels), bits(levels))
+        x = adversarial_inputs(np.float32(alpha), levels, rng, n_random=300)
+        ref_codes, ref_values = reference_sm_quantize(x, alpha, b, k)
+        codes = paper.quantize(torch.from_numpy(x), qp)
+        assert codes.dtype == torch.int32 and np.array_equal(codes.numpy(), ref_codes)
+        assert np.array_equal(bits(paper.quant_dequant(torch.from_numpy(x), qp)), bits(ref_values))
+        assert np.array_equal(bits(paper.dequantize(codes, qp)), bits(ref_values))
+
+
+def test_ties_and_bad_configurations():
+    qp = paper.sign_magnitude_qparams(torch.tensor(1.0), b=3, k=2)
+    x = torch.tensor([-0.75, 0.75, -0.125, 0.125])
+    assert paper.quant_dequant(x, qp).tolist() == [-1.0, 0.5, -0.25, 0.0]
+    for b, k in [(1, 1), (4, 2), (3, 3)]:
+        with pytest.raises(ValueError):
+            LearnableAPoTFakeQuantize(b, k)
+    with pytest.raises(TypeError):
+        paper.dequantize(torch.zeros(3), qp)
+
+
+def test_reciprocal_is_correctly_rounded():
+    rng = np.random.default_rng(0)
+    alpha = np.concatenate([rng.uniform(0, 8, 3000), np.exp(rng.uniform(-80, 80, 3000)), [1.0, 3.0, 3e38]]).astype(np.float32)
+    assert np.array_equal(bits(paper.reciprocal(torch.from_numpy(alpha))), bits(reference_reciprocal(alpha)))
+
+
+@pytest.mark.parametrize("b, k", [(2, 1), (3, 2), (5, 2)])
+def test_alpha_gradient_is_the_reference_bit_for_bit(b, k):
+    rng = np.random.default_rng(b)
+    alpha = np.float32(0.83)
+    _, levels, _ = reference_sign_magnitude(alpha, b, k)
+    x = adversarial_inputs(alpha, levels, rng, n_random=500)
+    x = x[np.isfinite(x)]
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    at = torch.tensor(alpha, requires_grad=True)
+    y = paper.learnable_fake_quantize(xt, at, b=b, k=k)
+    (y * torch.from_numpy(dy)).sum().backward()
+    g = reference_alpha_grad_elements(x, alpha, y.detach().numpy())
+    assert np.array_equal(bits(paper.alpha_grad_elements(torch.from_numpy(x), at.detach(), y.detach())), bits(g))
+    assert bits(at.grad) == bits(reference_pairwise_sum(dy * g))
+    assert np.array_equal(bits(xt.grad), bits(np.where(np.abs(x) <= alpha, dy, 0)))
+
+
+def test_per_channel_and_normalization():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(5, 12)).astype(np.float32) * 0.1
+    alpha = rng.uniform(0.5, 2.5, 5).astype(np.float32)
+    qp = paper.sign_magnitude_qparams(torch.from_numpy(alpha), b=3, k=2)
+    codes = paper.quantize(torch.from_numpy(w), qp, channel_axis=0)
+    for c in range(5):
+        assert np.array_equal(codes[c].numpy(), reference_sm_quantize(w[c], alpha[c], 3, 2)[0])
+    w_hat, mean, std = paper.normalize_weight(torch.from_numpy(w))
+    ref_hat, ref_mean, ref_std = reference_normalize(w)
+    assert bits(mean[0, 0]) == bits(ref_mean) and bits(std[0, 0]) == bits(ref_std)
+    assert np.array_equal(bits(w_hat), bits(ref_hat))
+    hat_c = paper.normalize_weight(torch.from_numpy(w), channel_axis=0)[0]
+    assert np.array_equal(bits(hat_c[2]), bits(reference_normalize(w[2])[0]))
+    with pytest.raises(ValueError, match="per-channel alpha"):
+        paper.quantize(torch.from_numpy(w), qp, channel_axis=1)
+
+
+def test_learnable_module_in_a_qat_model():
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU())
+    model.train()
+    model.qconfig = qconfig.apot_paper_qconfig_3bit
+    qat = prepare_qat(model)
+    fq = qat[0].weight_fake_quant
+    assert isinstance(fq, LearnableAPoTFakeQuantize) and fq.b == 3 and fq.k == 2
+    assert "0.weight_fake_quant.alpha" in dict(qat.named_parameters())
+    qat(torch.rand(4, 16)).sum().backward()
+    assert fq.alpha.grad is not None and torch.isfinite(fq.alpha.grad)
+    # 2-bit: ternary weights
+    weights = LearnableAPoTFakeQuantize(2, 1, alpha_init=1.0)(torch.randn(64, 3))
+    assert torch.unique(weights).numel() <= 3
+    per_channel = LearnableAPoTFakeQuantize(3, 2, channel_axis=0, channels=8)
+    assert per_channel.alpha.shape == (8,) and per_channel(torch.randn(8, 16)).shape == (8, 16)
+    per_channel.disable_fake_quant()
+    x = torch.randn(8, 16)
+    assert per_channel(x) is x
+    state = per_channel.state_dict()
+    assert set(state) >= {"alpha", "fake_quant_enabled", "observer_enabled"}
+    with pytest.raises(ValueError, match="channels"):
+        LearnableAPoTFakeQuantize(3, 2, channel_axis=0)
+
+
+@pytest.mark.parametrize("b, k, per_channel", [(3, 2, False), (2, 1, True), (5, 2, True)])
+def test_export_matches_the_fake_quant_layer(b, k, per_channel):
+    rng = np.random.default_rng(b)
+    weight = torch.from_numpy(rng.normal(size=(6, 20)).astype(np.float32) * 0.1)
+    alpha = torch.from_numpy(rng.uniform(0.8, 2.5, 6 if per_channel else ()).astype(np.float32))
+    bias = torch.from_numpy(rng.normal(size=6).astype(np.float32))
+    fq = paper.paper_weight_quant(weight, alpha, b=b, k=k, channel_axis=0 if per_channel else None)
+    exported = export.export_linear(weight, alpha, b=b, k=k, per_channel=per_channel, bias=bias)
+    assert exported.codes.dtype == torch.int8 and exported.code_bytes() == -(-120 * b // 8)
+    assert torch.equal(export.dequantize_weight(exported), fq)
+    x = torch.from_numpy(rng.normal(size=(3, 20)).astype(np.float32))
+    assert torch.equal(export.linear_from_codes(x, exported), torch.nn.functional.linear(x, fq, bias))
+    x_int = torch.from_numpy(rng.integers(-50, 50, size=(3, 20)))
+    integer, d = export.integer_weights(exported)
+    assert torch.equal(export.shift_add_matmul(x_int, exported), x_int @ integer.T)
+    with pytest.raises(ValueError, match="NaN"):
+        export.export_linear(weight.index_put((torch.tensor(0), torch.tensor(0)), torch.tensor(float("nan"))),
+                             alpha, b=b, k=k, normalize=False, per_channel=per_channel)  # fmt: skip
