@@ -178,7 +178,21 @@ def _f32(v) -> np.ndarray:
     return np.asarray(v, dtype=np.float32)
 
 
-class JaxBinding:
+class _Binding:
+    """What every binding derives from its ``elementwise``."""
+
+    def quantize(self, x, min_val, max_val, b: int, k: int, signed: bool) -> np.ndarray:
+        return self.elementwise(x, np.ones_like(x), min_val, max_val, b, k, signed).codes
+
+    def quant_dequant(self, x, min_val, max_val, b: int, k: int, signed: bool) -> np.ndarray:
+        return self.elementwise(x, np.ones_like(x), min_val, max_val, b, k, signed).quant_dequant
+
+    def fake_quant_and_grad(self, x, dy, min_val, max_val, b: int, k: int, signed: bool):
+        r = self.elementwise(x, dy, min_val, max_val, b, k, signed)
+        return r.fake_quant, r.grad
+
+
+class JaxBinding(_Binding):
     """``apot_jax`` on one JAX platform (``cpu``, ``gpu`` or ``tpu``).
 
     Every method takes and returns numpy arrays; inputs are placed on the
@@ -203,16 +217,6 @@ class JaxBinding:
         """``calculate_qparams`` (``min_val``/``max_val`` scalars or arrays)."""
         qp = _jax_qparams_fn(b, k, signed)(self._put(_f32(min_val)), self._put(_f32(max_val)))
         return QParams(*(np.asarray(a) for a in qp))
-
-    def quantize(self, x, min_val, max_val, b: int, k: int, signed: bool) -> np.ndarray:
-        return self.elementwise(x, np.ones_like(x), min_val, max_val, b, k, signed).codes
-
-    def quant_dequant(self, x, min_val, max_val, b: int, k: int, signed: bool) -> np.ndarray:
-        return self.elementwise(x, np.ones_like(x), min_val, max_val, b, k, signed).quant_dequant
-
-    def fake_quant_and_grad(self, x, dy, min_val, max_val, b: int, k: int, signed: bool):
-        r = self.elementwise(x, dy, min_val, max_val, b, k, signed)
-        return r.fake_quant, r.grad
 
     def elementwise(self, x, dy, min_val, max_val, b: int, k: int, signed: bool) -> Elementwise:
         """codes, quant_dequant, fake quant and its input gradient for ``x`` of
@@ -323,7 +327,7 @@ def _jax_case_fn(b: int, k: int, signed: bool):
     return jax.jit(run)
 
 
-class TorchBinding:
+class TorchBinding(_Binding):
     """``apot_torch`` on one torch device (``cpu`` or ``cuda``); numpy in and out."""
 
     framework = "torch"
@@ -374,16 +378,6 @@ class TorchBinding:
 
     def elementwise(self, x, dy, min_val, max_val, b: int, k: int, signed: bool) -> Elementwise:
         return self._elementwise(x, dy, self._qparams(min_val, max_val, b, k, signed))
-
-    def quantize(self, x, min_val, max_val, b: int, k: int, signed: bool) -> np.ndarray:
-        return self.elementwise(x, np.ones_like(x), min_val, max_val, b, k, signed).codes
-
-    def quant_dequant(self, x, min_val, max_val, b: int, k: int, signed: bool) -> np.ndarray:
-        return self.elementwise(x, np.ones_like(x), min_val, max_val, b, k, signed).quant_dequant
-
-    def fake_quant_and_grad(self, x, dy, min_val, max_val, b: int, k: int, signed: bool):
-        r = self.elementwise(x, dy, min_val, max_val, b, k, signed)
-        return r.fake_quant, r.grad
 
     def evaluate(self, b: int, k: int, signed: bool, min_val, max_val, inputs: dict) -> tuple[QParams, dict]:
         """Same contract as :meth:`JaxBinding.evaluate`."""

@@ -50,21 +50,19 @@ def test_expected_notebooks_exist():
     assert set(NOTEBOOKS) <= present, f"missing: {set(NOTEBOOKS) - present}"
 
 
+def _strip_outputs_module():
+    sys.path.insert(0, str(NOTEBOOK_DIR))
+    try:
+        import strip_outputs
+    finally:
+        sys.path.remove(str(NOTEBOOK_DIR))
+    return strip_outputs
+
+
 @pytest.mark.parametrize("path", sorted(NOTEBOOK_DIR.glob("*.ipynb")), ids=lambda p: p.name)
 def test_committed_notebook_has_no_outputs(path):
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    dirty = []
-    for i, cell in enumerate(nb["cells"]):
-        if cell["cell_type"] != "code":
-            continue
-        if cell.get("outputs"):
-            dirty.append(f"cell {i} has {len(cell['outputs'])} output(s)")
-        if cell.get("execution_count") is not None:
-            dirty.append(f"cell {i} has execution_count {cell['execution_count']}")
-        if "execution" in cell.get("metadata", {}):
-            dirty.append(f"cell {i} has execution timing metadata")
-    if "widgets" in nb.get("metadata", {}):
-        dirty.append("notebook metadata has widget state")
+    nbformat = pytest.importorskip("nbformat")
+    dirty = _strip_outputs_module().leftovers(nbformat.read(path, as_version=4))
     assert not dirty, f"{path.name}: {'; '.join(dirty)}; run `python notebooks/strip_outputs.py` before committing"
 
 
@@ -90,11 +88,7 @@ def test_notebook_is_valid_v4_with_parameters_cell(name):
 
 def test_strip_outputs_helper(tmp_path, capsys):
     nbformat = pytest.importorskip("nbformat")
-    sys.path.insert(0, str(NOTEBOOK_DIR))
-    try:
-        import strip_outputs
-    finally:
-        sys.path.remove(str(NOTEBOOK_DIR))
+    strip_outputs = _strip_outputs_module()
     path = tmp_path / "dirty.ipynb"
     nb = nbformat.read(NOTEBOOK_DIR / NOTEBOOKS[1], as_version=4)
     cell = next(c for c in nb.cells if c.cell_type == "code")
