@@ -7,6 +7,7 @@ from apot_jax.observer import (
     calculate_qparams,
     init_observer_state,
     observe,
+    observed_alpha,
 )
 from apot_jax.paper import (
     SignMagnitudeQParams,
@@ -31,6 +32,7 @@ __all__ = [
     "learnable_fake_quantize",
     "normalize_weight",
     "observe",
+    "observed_alpha",
     "paper_weight_quant",
     "quant_dequant",
     "quantize",
@@ -52,6 +54,8 @@ _LAZY_EXPORTS = {
     "NNXAPoTFakeQuantize": "apot_jax.fake_quantize_module",
     "UniformFakeQuantize": "apot_jax.fake_quantize_module",
     "NNXUniformFakeQuantize": "apot_jax.fake_quantize_module",
+    "SignMagnitudeFakeQuantize": "apot_jax.fake_quantize_module",
+    "NNXSignMagnitudeFakeQuantize": "apot_jax.fake_quantize_module",
     "QuantStat": "apot_jax.fake_quantize_module",
     "set_flags": "apot_jax.fake_quantize_module",
     "APoTDense": "apot_jax.layers",

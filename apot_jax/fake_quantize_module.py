@@ -21,7 +21,9 @@ Variable updates inside a ``custom_vjp`` forward, flax issue 4847), and the
 observer sees ``stop_gradient(x)``: the fake quant gives the qparams a zero
 cotangent anyway, so this only saves the backward pass of the min/max.
 
-The paper's weight recipe (sign-magnitude levels, learnable alpha, optional
+:class:`SignMagnitudeFakeQuantize` / :class:`NNXSignMagnitudeFakeQuantize`
+have the same state and use the paper's ``b``-bit signed (sign-magnitude)
+levels with the observed alpha. The paper's full weight recipe (sign-magnitude levels, learnable alpha, optional
 weight normalization and per-channel alpha; ``apot_jax/paper.py``) is
 :class:`LearnableAPoTFakeQuantize` / :class:`NNXLearnableAPoTFakeQuantize`:
 its alpha is a trainable parameter (linen ``"params"`` / ``nnx.Param``), so it
@@ -45,8 +47,8 @@ from flax.core import FrozenDict
 
 from apot_common.tables import level_table, sign_magnitude_table, validate_bits
 from apot_jax.fake_quantize_function import fake_quantize, ste_mask
-from apot_jax.observer import ObserverState, calculate_qparams, observe
-from apot_jax.paper import paper_weight_quant
+from apot_jax.observer import ObserverState, calculate_qparams, observe, observed_alpha
+from apot_jax.paper import learnable_fake_quantize, paper_weight_quant
 
 #: Name of the linen variable collection holding observer statistics and flags.
 QUANT_STATS = "quant_stats"
@@ -108,6 +110,28 @@ def apot_quantizer(b: int, k: int, signed: bool = False) -> Quantizer:
     def quantize(x: jax.Array, min_val: jax.Array, max_val: jax.Array) -> jax.Array:
         qparams = calculate_qparams(min_val, max_val, b=b, k=k, signed=signed)
         return fake_quantize(x, qparams)
+
+    return quantize
+
+
+def sign_magnitude_quantizer(b: int, k: int) -> Quantizer:
+    """The sign-magnitude fake quant ``(x, min_val, max_val) -> y`` of ``(b, k)``
+    with an observed alpha.
+
+    The paper's ``b``-bit signed weights (``apot_jax.paper``: ``2**b - 1``
+    levels symmetric about 0) with ``alpha = observed_alpha(min_val,
+    max_val)`` instead of a learnt one. The forward equals
+    ``paper.quant_dequant(x, sign_magnitude_qparams(alpha))``, the gradient is
+    the clipped straight-through one, ``dy * (|x| <= alpha)``; alpha gets
+    none (it follows the statistics).
+    """
+    sign_magnitude_table(b, k)  # ValueError now rather than at trace time
+
+    def quantize(x: jax.Array, min_val: jax.Array, max_val: jax.Array) -> jax.Array:
+        # the learnable fake quant with a constant alpha: the same forward and
+        # x-gradient; the alpha cotangent is dead code that jit removes
+        alpha = jax.lax.stop_gradient(observed_alpha(min_val, max_val))
+        return learnable_fake_quantize(x, alpha, b=b, k=k)
 
     return quantize
 
@@ -232,6 +256,26 @@ class APoTFakeQuantize(_LinenFakeQuantBase):
 
     def _quantizer(self) -> Quantizer:
         return apot_quantizer(self.b, self.k, self.signed)
+
+
+class SignMagnitudeFakeQuantize(_LinenFakeQuantBase):
+    """Sign-magnitude APoT fake quant with an observer, as a linen module: the
+    paper's ``b``-bit signed weights (``k`` divides ``b - 1``; see
+    :func:`sign_magnitude_quantizer`) with alpha from the running min/max.
+
+    State and flag semantics as :class:`APoTFakeQuantize` (NaN output before
+    any observation). For a learnt alpha use :class:`LearnableAPoTFakeQuantize`.
+    """
+
+    b: int
+    k: int
+
+    def __post_init__(self) -> None:
+        sign_magnitude_table(self.b, self.k)  # ValueError at construction
+        super().__post_init__()
+
+    def _quantizer(self) -> Quantizer:
+        return sign_magnitude_quantizer(self.b, self.k)
 
 
 class UniformFakeQuantize(_LinenFakeQuantBase):
@@ -401,6 +445,19 @@ class NNXAPoTFakeQuantize(_NNXFakeQuantBase):
         return apot_quantizer(self.b, self.k, self.signed)
 
 
+class NNXSignMagnitudeFakeQuantize(_NNXFakeQuantBase):
+    """NNX twin of :class:`SignMagnitudeFakeQuantize` (same outputs and state
+    bit for bit)."""
+
+    def __init__(self, b: int, k: int) -> None:
+        sign_magnitude_table(b, k)  # ValueError at construction
+        self.b, self.k = int(b), int(k)
+        super().__init__()
+
+    def _quantizer(self) -> Quantizer:
+        return sign_magnitude_quantizer(self.b, self.k)
+
+
 class NNXUniformFakeQuantize(_NNXFakeQuantBase):
     """NNX twin of :class:`UniformFakeQuantize`."""
 
@@ -448,11 +505,14 @@ __all__ = [
     "LearnableAPoTFakeQuantize",
     "NNXAPoTFakeQuantize",
     "NNXLearnableAPoTFakeQuantize",
+    "NNXSignMagnitudeFakeQuantize",
     "NNXUniformFakeQuantize",
     "QuantStat",
+    "SignMagnitudeFakeQuantize",
     "UniformFakeQuantize",
     "apot_quantizer",
     "fake_quant_step",
     "set_flags",
+    "sign_magnitude_quantizer",
     "uniform_quantizer",
 ]

@@ -4,8 +4,11 @@ Each layer fake-quantizes its kernel (``weight_quant``) and, optionally, its
 input (``input_quant``) before the float matmul / convolution; the bias stays
 float. ``"apot"`` uses :class:`~apot_jax.fake_quantize_module.APoTFakeQuantize`,
 ``"uniform"`` the uniform symmetric fake quant with the same state layout, and
-``None`` leaves that operand in float. For the kernel only, ``"apot-paper"``
-is the paper's recipe: :class:`~apot_jax.fake_quantize_module.LearnableAPoTFakeQuantize`
+``None`` leaves that operand in float. For the kernel only,
+``"sign-magnitude"`` is the paper's ``b``-bit signed weights (``2**b - 1``
+symmetric levels, magnitude base width ``weight_k``) with the observed alpha
+(:class:`~apot_jax.fake_quantize_module.SignMagnitudeFakeQuantize`), and
+``"apot-paper"`` is the paper's recipe: :class:`~apot_jax.fake_quantize_module.LearnableAPoTFakeQuantize`
 (sign-magnitude levels of ``b`` bits with base width ``weight_k`` for the
 magnitude, learnable alpha, weight normalization if ``weight_norm``, one alpha
 per output feature if ``per_channel``). The torch qconfig combinations map as:
@@ -40,26 +43,39 @@ from apot_jax.fake_quantize_module import (
     LearnableAPoTFakeQuantize,
     NNXAPoTFakeQuantize,
     NNXLearnableAPoTFakeQuantize,
+    NNXSignMagnitudeFakeQuantize,
     NNXUniformFakeQuantize,
+    SignMagnitudeFakeQuantize,
     UniformFakeQuantize,
 )
 
 _SCHEMES = ("apot", "uniform", None)
 #: Weight-only scheme: the paper's recipe (``apot_jax.paper``).
 PAPER = "apot-paper"
+#: Weight-only scheme: sign-magnitude levels with the observed alpha.
+SIGN_MAGNITUDE = "sign-magnitude"
+_WEIGHT_ONLY = (SIGN_MAGNITUDE, PAPER)
 
 Initializer = Callable[..., jax.Array]
 
 
 def _check_scheme(name: str, value: str | None) -> None:
-    allowed = _SCHEMES + ((PAPER,) if name == "weight_quant" else ())
+    allowed = _SCHEMES + (_WEIGHT_ONLY if name == "weight_quant" else ())
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
-def _check_paper(b: int, weight_k: int | None) -> int:
-    """The magnitude base width of the paper's weights (``weight_k``, or 2 where
-    it divides ``b - 1``, else 1); raises ``ValueError`` for a bad pair."""
+def _check_layer(weight_quant: str | None, input_quant: str | None, b: int, weight_k: int | None) -> None:
+    """``ValueError`` now (at construction) for a bad scheme or bit width."""
+    _check_scheme("weight_quant", weight_quant)
+    _check_scheme("input_quant", input_quant)
+    if weight_quant in _WEIGHT_ONLY:
+        _magnitude_k(b, weight_k)
+
+
+def _magnitude_k(b: int, weight_k: int | None) -> int:
+    """The magnitude base width of sign-magnitude weights (``weight_k``, or 2
+    where it divides ``b - 1``, else 1); raises ``ValueError`` for a bad pair."""
     k = weight_k if weight_k is not None else default_magnitude_k(b)
     sign_magnitude_table(b, k)
     return k
@@ -75,16 +91,26 @@ def _linen_quantizer(scheme: str | None, b: int, k: int, signed: bool, name: str
 
 def _linen_weight_quantizer(layer: "APoTDense | APoTConv") -> nn.Module | None:
     """The kernel's fake quant of a linen layer (the paper scheme included)."""
+    if layer.weight_quant == SIGN_MAGNITUDE:
+        return SignMagnitudeFakeQuantize(layer.b, _magnitude_k(layer.b, layer.weight_k), name="weight_quant")
     if layer.weight_quant == PAPER:
         return LearnableAPoTFakeQuantize(
             layer.b,
-            _check_paper(layer.b, layer.weight_k),
+            _magnitude_k(layer.b, layer.weight_k),
             normalize=layer.weight_norm,
             channel_axis=-1 if layer.per_channel else None,  # kernels end with the output axis
             alpha_init=layer.alpha_init,
             name="weight_quant",
         )
     return _linen_quantizer(layer.weight_quant, layer.b, layer.k, layer.signed_weights, "weight_quant")
+
+
+def _linen_quantized_operands(layer: "APoTDense | APoTConv", x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(x, kernel)`` through the layer's fake quants (submodules
+    ``input_quant`` / ``weight_quant`` of ``layer``, from its compact call)."""
+    xq = _linen_quantizer(layer.input_quant, layer.b, layer.k, layer.signed_inputs, "input_quant")
+    wq = _linen_weight_quantizer(layer)
+    return (x if xq is None else xq(x)), (kernel if wq is None else wq(kernel))
 
 
 def _nnx_weight_quantizer(
@@ -98,11 +124,13 @@ def _nnx_weight_quantizer(
     per_channel: bool,
     alpha_init: float,
 ) -> nnx.Module | None:
-    """The kernel's fake quant of an NNX layer (the paper scheme included)."""
+    """The kernel's fake quant of an NNX layer (the weight-only schemes included)."""
+    if scheme == SIGN_MAGNITUDE:
+        return NNXSignMagnitudeFakeQuantize(b, _magnitude_k(b, weight_k))
     if scheme == PAPER:
         return NNXLearnableAPoTFakeQuantize(
             b,
-            _check_paper(b, weight_k),
+            _magnitude_k(b, weight_k),
             normalize=weight_norm,
             channel_axis=-1 if per_channel else None,
             channels=features if per_channel else None,
@@ -117,6 +145,16 @@ def _nnx_quantizer(scheme: str | None, b: int, k: int, signed: bool) -> nnx.Modu
     if scheme == "uniform":
         return NNXUniformFakeQuantize(b, signed)
     return None
+
+
+def _nnx_quantized_operands(layer: "NNXAPoTDense | NNXAPoTConv", x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(x, kernel)`` of an NNX layer through its fake quants."""
+    kernel = layer.kernel[...]
+    if layer.input_quant is not None:
+        x = layer.input_quant(x)
+    if layer.weight_quant is not None:
+        kernel = layer.weight_quant(kernel)
+    return x, kernel
 
 
 def _dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array:
@@ -153,16 +191,17 @@ class APoTDense(nn.Module):
       features: output width.
       b, k: bits and base bit-width of the fake quants (``k`` unused by
         ``"uniform"``).
-      weight_quant, input_quant: ``"apot"``, ``"uniform"`` or ``None``.
+      weight_quant, input_quant: ``"apot"``, ``"uniform"`` or ``None``;
+        for ``weight_quant`` also ``"sign-magnitude"`` or ``"apot-paper"``.
       signed_weights: signed weight table (the prototype-compatible signed
         APoT table; the unsigned default maps every negative weight to 0).
       signed_inputs: signed input table (default unsigned: inputs after a
         ReLU are non-negative).
       use_bias: add a float bias.
-      weight_k, weight_norm, per_channel, alpha_init: used by
-        ``weight_quant="apot-paper"`` only: the magnitude's base width
-        (default 2 where it divides ``b - 1``, else 1), normalize the kernel
-        first, one alpha per output feature, initial alpha.
+      weight_k: the magnitude's base width of ``"sign-magnitude"`` and
+        ``"apot-paper"`` weights (default 2 where it divides ``b - 1``, else 1).
+      weight_norm, per_channel, alpha_init: ``"apot-paper"`` only: normalize
+        the kernel first, one alpha per output feature, initial alpha.
 
     ``__call__(x)``: ``x`` of shape ``(..., in_features)``, float32; returns
     ``(..., features)`` float32. Params: ``kernel (in_features, features)``,
@@ -185,22 +224,14 @@ class APoTDense(nn.Module):
     alpha_init: float = 3.0
 
     def __post_init__(self) -> None:
-        _check_scheme("weight_quant", self.weight_quant)
-        _check_scheme("input_quant", self.input_quant)
-        if self.weight_quant == PAPER:
-            _check_paper(self.b, self.weight_k)
+        _check_layer(self.weight_quant, self.input_quant, self.b, self.weight_k)
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
-        xq = _linen_quantizer(self.input_quant, self.b, self.k, self.signed_inputs, "input_quant")
-        wq = _linen_weight_quantizer(self)
-        if xq is not None:
-            x = xq(x)
-        if wq is not None:
-            kernel = wq(kernel)
+        x, kernel = _linen_quantized_operands(self, x, kernel)
         return _dense(x, kernel, bias)
 
 
@@ -232,10 +263,7 @@ class APoTConv(nn.Module):
     alpha_init: float = 3.0
 
     def __post_init__(self) -> None:
-        _check_scheme("weight_quant", self.weight_quant)
-        _check_scheme("input_quant", self.input_quant)
-        if self.weight_quant == PAPER:
-            _check_paper(self.b, self.weight_k)
+        _check_layer(self.weight_quant, self.input_quant, self.b, self.weight_k)
         super().__post_init__()
 
     @nn.compact
@@ -243,12 +271,7 @@ class APoTConv(nn.Module):
         window = tuple(self.kernel_size)
         kernel = self.param("kernel", self.kernel_init, window + (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
-        xq = _linen_quantizer(self.input_quant, self.b, self.k, self.signed_inputs, "input_quant")
-        wq = _linen_weight_quantizer(self)
-        if xq is not None:
-            x = xq(x)
-        if wq is not None:
-            kernel = wq(kernel)
+        x, kernel = _linen_quantized_operands(self, x, kernel)
         return _conv(x, kernel, bias, _tuple(self.strides, len(window)), self.padding)
 
 
@@ -285,8 +308,7 @@ class NNXAPoTDense(nnx.Module):
         alpha_init: float = 3.0,
         rngs: nnx.Rngs,
     ) -> None:
-        _check_scheme("weight_quant", weight_quant)
-        _check_scheme("input_quant", input_quant)
+        _check_layer(weight_quant, input_quant, b, weight_k)
         self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, features), jnp.float32))
         self.bias = nnx.Param(bias_init(rngs.params(), (features,), jnp.float32)) if use_bias else None
         self.input_quant = _nnx_quantizer(input_quant, b, k, signed_inputs)
@@ -296,11 +318,7 @@ class NNXAPoTDense(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x (..., in_features)`` float32 -> ``(..., features)``."""
-        kernel = self.kernel[...]
-        if self.input_quant is not None:
-            x = self.input_quant(x)
-        if self.weight_quant is not None:
-            kernel = self.weight_quant(kernel)
+        x, kernel = _nnx_quantized_operands(self, x)
         return _dense(x, kernel, None if self.bias is None else self.bias[...])
 
 
@@ -330,8 +348,7 @@ class NNXAPoTConv(nnx.Module):
         alpha_init: float = 3.0,
         rngs: nnx.Rngs,
     ) -> None:
-        _check_scheme("weight_quant", weight_quant)
-        _check_scheme("input_quant", input_quant)
+        _check_layer(weight_quant, input_quant, b, weight_k)
         window = tuple(int(s) for s in kernel_size)
         self.strides = _tuple(strides, len(window))
         self.padding = padding
@@ -344,12 +361,8 @@ class NNXAPoTConv(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x (N, *spatial, in_features)`` float32 -> ``(N, *spatial_out, features)``."""
-        kernel = self.kernel[...]
-        if self.input_quant is not None:
-            x = self.input_quant(x)
-        if self.weight_quant is not None:
-            kernel = self.weight_quant(kernel)
+        x, kernel = _nnx_quantized_operands(self, x)
         return _conv(x, kernel, None if self.bias is None else self.bias[...], self.strides, self.padding)
 
 
-__all__ = ["PAPER", "APoTConv", "APoTDense", "NNXAPoTConv", "NNXAPoTDense"]
+__all__ = ["PAPER", "SIGN_MAGNITUDE", "APoTConv", "APoTDense", "NNXAPoTConv", "NNXAPoTDense"]

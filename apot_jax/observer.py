@@ -74,6 +74,14 @@ jax.tree_util.register_dataclass(
 )
 
 
+def observed_alpha(min_val: jax.Array, max_val: jax.Array) -> jax.Array:
+    """The clipping value of observed statistics: float32 ``max(-min_val,
+    max_val)``, ``+0.0`` when zero or subnormal, ``-inf`` before any
+    observation (``min_val > max_val``), which makes every level NaN."""
+    alpha = jnp.maximum(-jnp.asarray(min_val, jnp.float32), jnp.asarray(max_val, jnp.float32))
+    return _levels.positive_zero(alpha)
+
+
 def calculate_qparams(
     min_val: jax.Array, max_val: jax.Array, *, b: int, k: int, signed: bool = False
 ) -> APoTQParams:
@@ -89,8 +97,7 @@ def calculate_qparams(
       ValueError: invalid ``(b, k)`` or a table too large (at trace time).
     """
     table = level_table(b, k, signed)
-    alpha = jnp.maximum(-jnp.asarray(min_val, jnp.float32), jnp.asarray(max_val, jnp.float32))
-    alpha = _levels.positive_zero(alpha)
+    alpha = observed_alpha(min_val, max_val)
     g = _levels.gamma(alpha, table.p_sum)
     return APoTQParams(
         alpha=alpha,
@@ -116,4 +123,5 @@ __all__ = [
     "calculate_qparams",
     "init_observer_state",
     "observe",
+    "observed_alpha",
 ]

@@ -1,10 +1,10 @@
 """The installable torch reference of PyTorch's APoT prototype, fixed and vectorised."""
 
 from apot_torch.export import ExportedLinear, dequantize_weight, export_linear, linear_from_codes, shift_add_matmul
-from apot_torch.fake_quantize_module import APoTFakeQuantize, LearnableAPoTFakeQuantize
+from apot_torch.fake_quantize_module import APoTFakeQuantize, LearnableAPoTFakeQuantize, SignMagnitudeFakeQuantize
 from apot_torch.fake_quantize_function import fake_quantize_function, ste_mask
 from apot_torch.linear import LinearAPoT
-from apot_torch.observer import APoTObserver, calculate_qparams, observe
+from apot_torch.observer import APoTObserver, calculate_qparams, observe, observed_alpha
 from apot_torch.paper import (
     SignMagnitudeQParams,
     alpha_grad_elements,
@@ -31,6 +31,7 @@ __all__ = [
     "ExportedLinear",
     "LearnableAPoTFakeQuantize",
     "LinearAPoT",
+    "SignMagnitudeFakeQuantize",
     "SignMagnitudeQParams",
     "TensorAPoT",
     "alpha_grad_elements",
@@ -44,6 +45,7 @@ __all__ = [
     "linear_from_codes",
     "normalize_weight",
     "observe",
+    "observed_alpha",
     "paper_weight_quant",
     "quant_dequant_APoT",
     "quantize_APoT",

@@ -18,8 +18,8 @@ from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
 from apot_common.tables import level_table, sign_magnitude_table
 from apot_torch.fake_quantize_function import fake_quantize_function
-from apot_torch.observer import APoTObserver
-from apot_torch.paper import paper_weight_quant, sign_magnitude_qparams
+from apot_torch.observer import APoTObserver, observed_alpha
+from apot_torch.paper import learnable_fake_quantize, paper_weight_quant, sign_magnitude_qparams
 
 
 class APoTFakeQuantize(FakeQuantizeBase):
@@ -122,6 +122,87 @@ class APoTFakeQuantize(FakeQuantizeBase):
 
     def extra_repr(self) -> str:
         return f"signed={self.signed}"
+
+
+class SignMagnitudeFakeQuantize(FakeQuantizeBase):
+    """Observe, then fake-quantize with the paper's ``b``-bit signed
+    (sign-magnitude) levels for the observed alpha. Twin of
+    ``apot_jax.fake_quantize_module.SignMagnitudeFakeQuantize``.
+
+    The sign-magnitude scheme of ``apot_torch.paper`` (``2**b - 1`` levels
+    symmetric about 0, ``k`` dividing ``b - 1``) with ``alpha = max(-min_val,
+    max_val)`` of the running statistics, like ``APoTFakeQuantize``; for a
+    learnt alpha use ``LearnableAPoTFakeQuantize``. The gradient is the
+    clipped straight-through one, ``dy * (|X| <= alpha)``.
+
+    Args:
+      b, k: bits including the sign, base width of the ``b - 1`` magnitude bits.
+      dtype: the quantized dtype reported to torch.ao (unused by the numerics).
+      factory_kwargs: what torch.ao's QAT modules pass; the buffers go to
+        that device and stay float32.
+
+    Buffers (all in ``state_dict``): the ``FakeQuantizeBase`` flags;
+    ``alpha``, float32 scalar, NaN until the first observation;
+    ``activation_post_process.min_val`` / ``max_val``, the statistics (an
+    ``APoTObserver`` of the magnitude's ``(b - 1, k)`` table).
+    ``forward(X)``: floating ``X`` of any shape; returns its shape and dtype
+    (``X`` itself with fake quant disabled).
+    """
+
+    alpha: Tensor
+
+    def __init__(self, b: int, k: int, *, dtype: torch.dtype = torch.qint8, factory_kwargs: dict | None = None) -> None:
+        super().__init__()
+        sign_magnitude_table(b, k)  # ValueError now
+        self.b, self.k = int(b), int(k)
+        self.dtype = dtype
+        self.activation_post_process = APoTObserver(self.b - 1, self.k, dtype)
+        self.register_buffer("alpha", torch.tensor(float("nan")))
+        device = (factory_kwargs or {}).get("device")
+        if device is not None:
+            self.to(device)
+
+    @torch.jit.unused
+    def calculate_qparams(self):  # type: ignore[override]
+        """The sign-magnitude qparams of the observed alpha.
+
+        Raises:
+          RuntimeError: nothing finite has been observed yet.
+        """
+        observer = self.activation_post_process
+        if not bool(observer.min_val <= observer.max_val):
+            raise RuntimeError("SignMagnitudeFakeQuantize has not observed any finite value yet")
+        return sign_magnitude_qparams(observed_alpha(observer.min_val, observer.max_val), b=self.b, k=self.k)
+
+    def forward(self, X: Tensor) -> Tensor:  # noqa: N803 (torch.ao name)
+        """Observe ``X`` (if enabled), then fake-quantize it (if enabled).
+
+        Raises:
+          RuntimeError: fake quant enabled but no alpha observed or loaded.
+        """
+        if self.observer_enabled[0] == 1:
+            self._observe(X.detach())
+        if self.fake_quant_enabled[0] == 1:
+            if bool(torch.isnan(self.alpha)):
+                raise RuntimeError(
+                    "SignMagnitudeFakeQuantize has no alpha yet: run it with the observer enabled on data "
+                    "(or load a state_dict) before enabling fake quant"
+                )
+            # the learnable fake quant with a buffer for alpha: same forward
+            # and X-gradient, and no alpha gradient is computed
+            X = learnable_fake_quantize(X, self.alpha.float(), b=self.b, k=self.k)
+        return X
+
+    @torch.compiler.disable
+    def _observe(self, X: Tensor) -> None:  # noqa: N803
+        observer = self.activation_post_process
+        observer(X)
+        if bool(observer.min_val <= observer.max_val):
+            with torch.no_grad():
+                self.alpha.copy_(observed_alpha(observer.min_val, observer.max_val))
+
+    def extra_repr(self) -> str:
+        return f"b={self.b}, k={self.k}"
 
 
 class LearnableAPoTFakeQuantize(FakeQuantizeBase):

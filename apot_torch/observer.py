@@ -14,6 +14,13 @@ from apot_torch import levels as _levels
 from apot_torch.quantizer import as_float32
 
 
+def observed_alpha(min_val: Tensor, max_val: Tensor) -> Tensor:
+    """float32 ``max(-min_val, max_val)`` (``+0.0`` when zero or subnormal,
+    ``-inf`` before any observation), as ``apot_jax.observer.observed_alpha``."""
+    alpha = torch.maximum(-min_val.to(torch.float32), max_val.to(torch.float32))
+    return _levels.positive_zero(alpha)
+
+
 def calculate_qparams(min_val: Tensor, max_val: Tensor, b: int, k: int, signed: bool = False):
     """``(alpha, gamma, quantization_levels, level_indices)`` from statistics.
 
@@ -23,8 +30,7 @@ def calculate_qparams(min_val: Tensor, max_val: Tensor, b: int, k: int, signed: 
     them); zero or subnormal alpha is ``+0.0``.
     """
     table = level_table(b, k, signed)
-    min_val = min_val.to(torch.float32)
-    alpha = _levels.positive_zero(torch.maximum(-min_val, max_val.to(torch.float32)))
+    alpha = observed_alpha(min_val, max_val)
     g = _levels.gamma(alpha, table.p_sum)
     quantization_levels = _levels.levels(g, table)
     level_indices = torch.tensor(table.level_indices, device=alpha.device)

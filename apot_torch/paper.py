@@ -223,6 +223,8 @@ class learnable_fake_quantize_function(torch.autograd.Function):  # noqa: N801 (
         channel_axis = ctx.channel_axis
         a = _broadcast_channel(alpha.detach().to(torch.float32), x.dim(), channel_axis)
         grad_x = torch.where(ste_mask(x, a), grad_output, 0.0)
+        if not ctx.needs_input_grad[1]:  # an observed (constant) alpha
+            return grad_x, None, None, None, None
         contributions = _levels.flush_subnormal(grad_output.to(torch.float32) * alpha_grad_elements(x, a, y))
         if channel_axis is None:
             grad_alpha = pairwise_sum(contributions, list(range(x.dim()))).reshape(())

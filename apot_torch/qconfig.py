@@ -14,7 +14,10 @@ weights become 0, and the APoT weight fake quants use the unsigned table,
 which does the same. The ``*_signed`` variants give weights the signed APoT
 table (``APoTFakeQuantize(signed=True)``) instead.
 
-The ``apot_paper_qconfig_*`` configurations use the paper's weight recipe
+The ``apot_sign_magnitude_qconfig_*`` configurations give weights the
+paper's true ``b``-bit signed levels (``SignMagnitudeFakeQuantize``: sign plus
+the APoT levels of ``b - 1`` bits, ``2**b - 1`` symmetric levels) with the
+observed alpha, and the ``apot_paper_qconfig_*`` configurations use the paper's weight recipe
 (``LearnableAPoTFakeQuantize``: sign-magnitude ``b``-bit weights, learnable
 alpha, weight normalization) with APoT activations of the same bits (the
 prototype's observer-based unsigned fake quant), like ``apot qat --recipe
@@ -28,7 +31,7 @@ from torch.ao.quantization.fake_quantize import FakeQuantize
 from torch.ao.quantization.observer import MinMaxObserver
 from torch.ao.quantization.qconfig import QConfig
 
-from apot_torch.fake_quantize_module import APoTFakeQuantize, LearnableAPoTFakeQuantize
+from apot_torch.fake_quantize_module import APoTFakeQuantize, LearnableAPoTFakeQuantize, SignMagnitudeFakeQuantize
 
 #: Symmetric uniform fake quant for activations (the prototype's default).
 default_symmetric_fake_quant = FakeQuantize.with_args(
@@ -73,6 +76,17 @@ apot_weight_qconfig_8bit_signed = QConfig(activation=default_symmetric_fake_quan
 apot_qconfig_8bit_signed = QConfig(activation=_apot(8, torch.quint8), weight=_apot(8, torch.qint8, True))
 apot_weight_qconfig_4bit_signed = QConfig(activation=_uniform_activation_4bit, weight=_apot(4, torch.qint8, True))
 apot_qconfig_4bit_signed = QConfig(activation=_apot(4, torch.quint8), weight=_apot(4, torch.qint8, True))
+
+# Sign-magnitude weights with the observed alpha (magnitude k = 2 for 3
+# bits, k = 1 for 2 bits), the paper recipe's activations.
+apot_sign_magnitude_qconfig_3bit = QConfig(
+    activation=APoTFakeQuantize.with_args(b=3, k=1, dtype=torch.quint8),
+    weight=SignMagnitudeFakeQuantize.with_args(b=3, k=2),
+)
+apot_sign_magnitude_qconfig_2bit = QConfig(
+    activation=APoTFakeQuantize.with_args(b=2, k=2, dtype=torch.quint8),
+    weight=SignMagnitudeFakeQuantize.with_args(b=2, k=1),
+)
 
 # The paper's recipe: sign-magnitude weights (magnitude k = 2 for 3 bits,
 # k = 1 for 2 bits: ternary), learnable alpha, weight normalization; APoT

@@ -1,5 +1,5 @@
-"""Module parity: the Flax ``APoTFakeQuantize`` (linen, ``quant_stats``
-collection, ``set_flags``) against torch's ``APoTFakeQuantize``
+"""Module parity: the Flax ``APoTFakeQuantize`` and ``SignMagnitudeFakeQuantize``
+(linen, ``quant_stats`` collection, ``set_flags``) against torch's
 (``FakeQuantizeBase``), stepped through the same batches with the observer
 and fake-quant flags toggled; and ``LinearAPoT`` against codes computed by
 ``apot_jax``. Everything bitwise, for every pair of JAX and torch backends."""
@@ -113,6 +113,59 @@ def test_fake_quantize_module_parity(jax_backend, torch_backend, config, parity)
                 assert not _bits_equal(np.asarray(yj), x)
     parity.assert_ok()
     assert len(parity.results) == 10 * len(SCHEDULE)
+
+
+@pytest.mark.parametrize("b,k", [(3, 2), (2, 1), (5, 2), (8, 7)])
+def test_sign_magnitude_module_parity(jax_backend, torch_backend, b, k, parity):
+    """``SignMagnitudeFakeQuantize`` (observed alpha, the paper's signed
+    levels) in both frameworks through the same schedule of flags and batches."""
+    tb = torch_backend
+    t_mod = tfq.SignMagnitudeFakeQuantize(b, k).to(tb.device)
+    j_mod = jfq.SignMagnitudeFakeQuantize(b, k)
+
+    @jax.jit
+    def run(variables, x, dy):
+        y, vjp, updates = jax.vjp(lambda v: j_mod.apply(variables, v, mutable=["quant_stats"]), x, has_aux=True)
+        st = updates["quant_stats"]
+        alpha = aj.observed_alpha(st["min_val"], st["max_val"])
+        return y, vjp(dy)[0], updates, alpha, aj.sign_magnitude_qparams(alpha, b=b, k=k).quantization_levels
+
+    with jax.default_device(jax_backend.device):
+        variables = j_mod.init(jax.random.key(0), jnp.zeros((4,), jnp.float32))
+        for step, (observe, fake_quant, x) in enumerate(SCHEDULE):
+            (t_mod.enable_observer if observe else t_mod.disable_observer)()
+            (t_mod.enable_fake_quant if fake_quant else t_mod.disable_fake_quant)()
+            xt = tb.to_torch(x).requires_grad_(True)
+            dy = golden.dy_pattern(x.size, x.dtype).reshape(x.shape)
+            yt = t_mod(xt)
+            yt.backward(tb.to_torch(dy))
+            variables = jfq.set_flags(variables, observer=observe, fake_quant=fake_quant)
+            yj, gj, updates, alpha, levels = run(
+                variables, jax.device_put(x, jax_backend.device), jax.device_put(dy, jax_backend.device)
+            )
+            variables = {"quant_stats": updates["quant_stats"]}
+            stats = variables["quant_stats"]
+            obs = t_mod.activation_post_process
+            comps = [
+                compare("output", np.asarray(yj), tb.to_numpy(yt)),
+                compare("grad", np.asarray(gj), tb.to_numpy(xt.grad)),
+                compare_state("min_val", np.asarray(stats["min_val"]), tb.to_numpy(obs.min_val)),
+                compare_state("max_val", np.asarray(stats["max_val"]), tb.to_numpy(obs.max_val)),
+                compare("alpha", np.asarray(alpha), tb.to_numpy(t_mod.alpha)),
+                compare("levels", np.asarray(levels), tb.to_numpy(t_mod.calculate_qparams().quantization_levels)),
+            ]
+            parity.record(f"{jax_backend.name}~{tb.name}", f"sign-magnitude module b={b} k={k} step={step}", comps)
+            assert _bits_equal(tb.to_numpy(xt), x)
+            if fake_quant and x.size and x.dtype == np.float32:
+                # 2**b - 1 symmetric levels at most; a nonzero output keeps x's sign
+                y = np.asarray(yj)
+                finite = np.isfinite(y) & np.isfinite(x)
+                assert np.unique(y[finite]).size <= 2**b - 1
+                assert np.all((y[finite] == 0) | (np.sign(y[finite]) == np.sign(x[finite])))
+                if step == 0:
+                    assert (y < 0).any() and (y > 0).any()
+    parity.assert_ok()
+    assert len(parity.results) == 6 * len(SCHEDULE)
 
 
 def test_unobserved_module(jax_backend, torch_backend):

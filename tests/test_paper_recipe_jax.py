@@ -13,7 +13,14 @@ from flax import nnx
 
 from apot_common.tables import sign_magnitude_table
 from apot_jax import export, paper
-from apot_jax.fake_quantize_module import LearnableAPoTFakeQuantize, NNXLearnableAPoTFakeQuantize
+from apot_jax.fake_quantize_module import (
+    QUANT_STATS,
+    LearnableAPoTFakeQuantize,
+    NNXLearnableAPoTFakeQuantize,
+    NNXSignMagnitudeFakeQuantize,
+    SignMagnitudeFakeQuantize,
+    set_flags,
+)
 from apot_jax.layers import APoTConv, APoTDense, NNXAPoTConv, NNXAPoTDense
 from tests.reference import adversarial_inputs
 from tests.reference_paper import (
@@ -222,6 +229,44 @@ def test_dense_layers_with_the_paper_scheme():
         APoTDense(7, input_quant="apot-paper")
     with pytest.raises(ValueError, match="divide"):
         APoTDense(7, b=3, weight_quant="apot-paper", weight_k=3)
+
+
+@pytest.mark.parametrize("b, k", [(3, 2), (2, 1), (5, 2)])
+def test_observed_sign_magnitude_modules_match_the_reference(b, k):
+    rng = np.random.default_rng(b)
+    first = rng.normal(size=(40, 9)).astype(np.float32)
+    linen = SignMagnitudeFakeQuantize(b, k)
+    variables = linen.init(jax.random.key(0), first)
+    _, updates = linen.apply(variables, first, mutable=[QUANT_STATS])
+    variables = set_flags(updates, observer=False)
+    alpha = np.float32(np.abs(first).max())
+    x = rng.normal(size=(300,)).astype(np.float32) * 1.5
+    x[:4] = [np.nan, -np.inf, 1e-40, -alpha]
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    y, vjp = jax.vjp(lambda v: linen.apply(variables, v), jnp.asarray(x))
+    _, ref_values = reference_sm_quantize(x, float(alpha), b, k)
+    assert np.array_equal(bits(y), bits(ref_values))
+    mag = np.where(np.abs(x) < np.finfo(np.float32).tiny, 0, np.abs(x))
+    assert np.array_equal(np.asarray(vjp(jnp.asarray(dy))[0]), np.where(mag <= alpha, dy, 0).astype(np.float32))
+    module = NNXSignMagnitudeFakeQuantize(b, k)
+    module(jnp.asarray(first))
+    module.disable_observer()
+    assert np.array_equal(bits(module(jnp.asarray(x))), bits(ref_values))
+    # a fresh module with the observer off has nothing to quantize with: NaN
+    fresh = set_flags(linen.init(jax.random.key(0), first), observer=False)
+    assert np.isnan(np.asarray(linen.apply(fresh, jnp.asarray(x)))).all()
+    layer = APoTDense(5, b=b, weight_quant="sign-magnitude", input_quant=None, weight_k=k)
+    layer_vars = layer.init(jax.random.key(1), first)
+    assert set(layer_vars[QUANT_STATS]["weight_quant"]) == {"min_val", "max_val", "observer_enabled", "fake_quant_enabled"}
+    twin = NNXAPoTDense(9, 5, b=b, weight_quant="sign-magnitude", input_quant=None, weight_k=k, rngs=nnx.Rngs(0))
+    twin.kernel[...] = layer_vars["params"]["kernel"]
+    assert isinstance(twin.weight_quant, NNXSignMagnitudeFakeQuantize)
+    out, _ = layer.apply(layer_vars, first, mutable=[QUANT_STATS])
+    assert np.array_equal(bits(out), bits(twin(jnp.asarray(first))))
+    with pytest.raises(ValueError):
+        SignMagnitudeFakeQuantize(4, 2)
+    with pytest.raises(ValueError, match="input_quant"):
+        APoTDense(5, input_quant="sign-magnitude")
 
 
 @pytest.mark.parametrize("b, k, per_channel", [(3, 2, False), (2, 1, True), (5, 2, True)])

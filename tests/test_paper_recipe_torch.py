@@ -10,7 +10,7 @@ import torch
 from torch.ao.quantization import prepare_qat
 
 from apot_torch import export, paper, qconfig
-from apot_torch.fake_quantize_module import LearnableAPoTFakeQuantize
+from apot_torch.fake_quantize_module import LearnableAPoTFakeQuantize, SignMagnitudeFakeQuantize
 from tests.reference import adversarial_inputs
 from tests.reference_paper import (
     reference_alpha_grad_elements,
@@ -121,6 +121,54 @@ def test_learnable_module_in_a_qat_model():
     assert set(state) >= {"alpha", "fake_quant_enabled", "observer_enabled"}
     with pytest.raises(ValueError, match="channels"):
         LearnableAPoTFakeQuantize(3, 2, channel_axis=0)
+
+
+@pytest.mark.parametrize("b, k", [(3, 2), (2, 1), (5, 2)])
+def test_observed_sign_magnitude_module_matches_the_reference(b, k):
+    rng = np.random.default_rng(b)
+    fq = SignMagnitudeFakeQuantize(b, k)
+    first = rng.normal(size=(40, 9)).astype(np.float32)
+    fq(torch.from_numpy(first))
+    alpha = np.float32(np.abs(first).max())
+    assert bits(fq.alpha) == bits(alpha)
+    x = rng.normal(size=(300,)).astype(np.float32) * 1.5  # inside and beyond alpha
+    x[:4] = [np.nan, -np.inf, 1e-40, -alpha]
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    fq.disable_observer()  # keep alpha: the reference needs it fixed
+    y = fq(xt)
+    _, ref_values = reference_sm_quantize(x, float(alpha), b, k)
+    assert np.array_equal(bits(y), bits(ref_values))
+    assert np.array_equal(xt.detach().numpy().view(np.int32), x.view(np.int32))  # input untouched
+    dy = torch.from_numpy(rng.normal(size=x.shape).astype(np.float32))
+    y.backward(dy)
+    mag = np.where(np.abs(x) < np.finfo(np.float32).tiny, 0, np.abs(x))
+    assert np.array_equal(xt.grad.numpy(), np.where(mag <= alpha, dy.numpy(), 0).astype(np.float32))
+    # qparams and state
+    qp = fq.calculate_qparams()
+    _, ref_levels, _ = reference_sign_magnitude(float(alpha), b, k)
+    assert np.array_equal(bits(qp.quantization_levels), bits(ref_levels))
+    twin = SignMagnitudeFakeQuantize(b, k)
+    twin.load_state_dict(fq.state_dict())
+    assert np.array_equal(bits(twin(torch.from_numpy(x))), bits(ref_values))
+    with pytest.raises(RuntimeError, match="no alpha"):
+        fresh = SignMagnitudeFakeQuantize(b, k)
+        fresh.disable_observer()
+        fresh(torch.ones(3))
+    with pytest.raises(ValueError):
+        SignMagnitudeFakeQuantize(4, 2)
+
+
+def test_sign_magnitude_qconfig_prepares_a_qat_model():
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU())
+    model.train()
+    model.qconfig = qconfig.apot_sign_magnitude_qconfig_3bit
+    qat = prepare_qat(model)
+    fq = qat[0].weight_fake_quant
+    assert isinstance(fq, SignMagnitudeFakeQuantize) and (fq.b, fq.k) == (3, 2)
+    qat(torch.rand(4, 16)).sum().backward()
+    w = fq(qat[0].weight.detach())
+    assert torch.unique(w).numel() <= 7 and bool((w < 0).any())  # signed, 3 bits
+    assert qat[0].weight.grad is not None
 
 
 @pytest.mark.parametrize("b, k, per_channel", [(3, 2, False), (2, 1, True), (5, 2, True)])
