@@ -112,18 +112,20 @@ def thresholds(level_values: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Decision thresholds: ``quantize`` chooses position ``count(thresholds < x)``.
 
     Args:
-      level_values: ``(N,)`` float32, ascending.
-      alpha: float32 scalar tensor.
+      level_values: ``(N,)`` float32, ascending; or ``(C, N)``, one row per
+        channel.
+      alpha: float32 scalar tensor; ``(C,)`` with ``(C, N)`` levels.
 
     Returns:
-      ``(N,)`` float32, non-decreasing; the last entry is ``+inf``.
+      float32 shaped like ``level_values``, non-decreasing along the last
+      axis, whose last entry is ``+inf``.
     """
     n = level_values.shape[-1]
     inf = float("inf")
     above = torch.searchsorted(level_values, level_values, right=True)
     has_above = above < n
     lower = level_values
-    upper = level_values[above.clamp(max=n - 1)]
+    upper = torch.gather(level_values, -1, above.clamp(max=n - 1))
     lo = _order_key(lower)
     hi = _order_key(torch.where(has_above, upper, lower))
     for _ in range(32):
@@ -131,7 +133,7 @@ def thresholds(level_values: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         ok = _prefers_lower(_from_order_key(mid), lower, upper)
         lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
     theta = torch.where(has_above, _from_order_key(lo), inf)
-    alpha = alpha.to(torch.float32)
+    alpha = alpha.to(torch.float32).unsqueeze(-1)  # one alpha per row
     theta = torch.where(theta >= alpha, inf, torch.where(theta < -alpha, -inf, theta))
     small = theta.abs() < FLOAT32_TINY
     largest_subnormal = _float(torch.tensor(_LARGEST_SUBNORMAL, dtype=torch.int32, device=theta.device))

@@ -8,7 +8,7 @@ modifies its inputs.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -55,18 +55,13 @@ def _channel_axis(channel_axis: int, ndim: int) -> int:
     return channel_axis % ndim
 
 
-def _per_channel(
-    f: Callable[[Tensor, SignMagnitudeQParams], Tensor],
-    x: Tensor,
-    qparams: SignMagnitudeQParams,
-    channel_axis: int | None,
-) -> Tensor:
-    """``f(x, qparams)`` per tensor, or channel by channel along ``channel_axis``
-    with the matching entry of ``(C,)``-shaped qparams; shaped like ``x``."""
+def _check_channels(x: Tensor, qparams: SignMagnitudeQParams, channel_axis: int | None) -> int | None:
+    """The normalized channel axis (``None`` per tensor); ``ValueError`` when
+    alpha's shape does not match it."""
     if channel_axis is None:
         if qparams.alpha.dim() != 0:
             raise ValueError(f"per-tensor quantization needs a scalar alpha, got shape {tuple(qparams.alpha.shape)}")
-        return f(x, qparams)
+        return None
     axis = _channel_axis(channel_axis, x.dim())
     channels = x.shape[axis]
     if tuple(qparams.alpha.shape) != (channels,):
@@ -75,17 +70,31 @@ def _per_channel(
         )
     if channels == 0:
         raise ValueError("per-channel quantization needs at least one channel")
-    moved = x.movedim(axis, 0)
-    # One channel at a time: the rounding tables are per alpha (correctness
-    # first; a batched threshold search would be the speed-up).
-    pieces = []
-    for c in range(channels):
-        qp = SignMagnitudeQParams(
-            qparams.alpha[c], qparams.gamma[c], qparams.quantization_levels[c], qparams.b, qparams.k
-        )
-        pieces.append(f(moved[c], qp))
-    out = torch.stack(pieces)
-    return out.movedim(0, axis)
+    return axis
+
+
+def _rows(x: Tensor, axis: int) -> Tensor:
+    """``x`` as ``(C, rest)`` with the channel axis first."""
+    return x.movedim(axis, 0).reshape(x.shape[axis], -1)
+
+
+def _unrows(rows: Tensor, like: Tensor, axis: int) -> Tensor:
+    moved_shape = (like.shape[axis],) + tuple(s for i, s in enumerate(like.shape) if i != axis)
+    return rows.reshape(moved_shape).movedim(0, axis)
+
+
+def _channel_positions(x: Tensor, qparams: SignMagnitudeQParams, axis: int) -> Tensor:
+    """Per-channel chosen positions ``count(thresholds_c < x)``, ``(C, rest)``
+    int64: every channel at once (a batched binary search over its own
+    thresholds), the rule the per-tensor lookup applies to each channel."""
+    theta = _levels.thresholds(qparams.quantization_levels, qparams.alpha)
+    p = torch.searchsorted(theta, _rows(x, axis).contiguous(), right=False)
+    return p.clamp(max=theta.shape[-1] - 1)
+
+
+def _channel_invalid(x: Tensor, qparams: SignMagnitudeQParams, axis: int) -> Tensor:
+    """NaN input, or a channel with NaN qparams, as ``(C, rest)``."""
+    return torch.isnan(_rows(x, axis)) | torch.isnan(qparams.gamma)[:, None]
 
 
 def quantize(x: Tensor, qparams: SignMagnitudeQParams, channel_axis: int | None = None) -> Tensor:
@@ -93,23 +102,25 @@ def quantize(x: Tensor, qparams: SignMagnitudeQParams, channel_axis: int | None 
     x = as_float32(x, "quantize")
     table = sign_magnitude_table(qparams.b, qparams.k)
     codes = torch.tensor(table.code_by_position, device=x.device)
-    return _per_channel(
-        lambda v, qp: _lookup(v, qp.alpha, qp.gamma, qp.quantization_levels, codes, table.nan_code),
-        x,
-        qparams,
-        channel_axis,
-    )
+    axis = _check_channels(x, qparams, channel_axis)
+    if axis is None:
+        return _lookup(x, qparams.alpha, qparams.gamma, qparams.quantization_levels, codes, table.nan_code)
+    out = codes[_channel_positions(x, qparams, axis)]
+    out = torch.where(_channel_invalid(x, qparams, axis), table.nan_code, out)
+    return _unrows(out, x, axis)
 
 
 def quant_dequant(x: Tensor, qparams: SignMagnitudeQParams, channel_axis: int | None = None) -> Tensor:
     """Nearest sign-magnitude level of each element; shape and dtype of ``x``."""
     x32 = as_float32(x, "quant_dequant")
-    out = _per_channel(
-        lambda v, qp: _lookup(v, qp.alpha, qp.gamma, qp.quantization_levels, qp.quantization_levels, float("nan")),
-        x32,
-        qparams,
-        channel_axis,
-    )
+    axis = _check_channels(x32, qparams, channel_axis)
+    levels = qparams.quantization_levels
+    if axis is None:
+        out = _lookup(x32, qparams.alpha, qparams.gamma, levels, levels, float("nan"))
+    else:
+        rows = torch.gather(levels, 1, _channel_positions(x32, qparams, axis))
+        rows = torch.where(_channel_invalid(x32, qparams, axis), float("nan"), rows)
+        out = _unrows(rows, x32, axis)
     return out.to(x.dtype)
 
 
@@ -122,15 +133,15 @@ def dequantize(codes: Tensor, qparams: SignMagnitudeQParams, channel_axis: int |
     half = 2 ** (qparams.b - 1)
     position_of_code = torch.argsort(torch.tensor(table.magnitude.level_indices, device=codes.device))
     zero = half - 1
-
-    def one(c: Tensor, qp: SignMagnitudeQParams) -> Tensor:
-        c = c.to(torch.int64)
-        valid = (c > -half) & (c < half)
-        pos = position_of_code[c.abs().clamp(0, half - 1)]
-        pos = torch.where(c < 0, zero - pos, zero + pos)
-        return torch.where(valid, qp.quantization_levels[pos], float("nan"))
-
-    return _per_channel(one, codes, qparams, channel_axis)
+    axis = _check_channels(codes, qparams, channel_axis)
+    c = codes.to(torch.int64) if axis is None else _rows(codes.to(torch.int64), axis)
+    valid = (c > -half) & (c < half)
+    pos = position_of_code[c.abs().clamp(0, half - 1)]
+    pos = torch.where(c < 0, zero - pos, zero + pos)
+    if axis is None:
+        return torch.where(valid, qparams.quantization_levels[pos], float("nan"))
+    out = torch.where(valid, torch.gather(qparams.quantization_levels, 1, pos), float("nan"))
+    return _unrows(out, codes, axis)
 
 
 # --------------------------------------------------------------------------

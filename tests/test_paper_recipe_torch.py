@@ -81,6 +81,36 @@ def test_alpha_gradient_is_the_reference_bit_for_bit(b, k):
     assert np.array_equal(bits(xt.grad), bits(np.where(np.abs(x) <= alpha, dy, 0)))
 
 
+@pytest.mark.parametrize("b, k", [(3, 2), (5, 2), (8, 1)])
+def test_per_channel_is_the_reference_on_every_channel(b, k):
+    """The batched per-channel search against the reference, channel by
+    channel, on adversarial inputs (midpoints, +-alpha, specials), with zero
+    and negative (NaN levels) alphas among the channels, on a middle axis."""
+    rng = np.random.default_rng(b)
+    alphas = np.array([1.0, 2.7182817, 0.0, 3e-37, 0.01, -1.0], np.float32)
+    rows = []
+    for a in alphas:
+        _, levels, _ = reference_sign_magnitude(max(float(a), 0.0), b, k)
+        rows.append(adversarial_inputs(np.float32(abs(a)), levels, rng, n_random=50)[:200])
+    n = min(r.size for r in rows) // 2 * 2
+    x = np.stack([r[:n] for r in rows]).reshape(len(alphas), -1, 2)  # (C, n/2, 2)
+    x = np.ascontiguousarray(np.moveaxis(x, 0, 1))  # channel axis 1
+    qp = paper.sign_magnitude_qparams(torch.from_numpy(alphas), b=b, k=k)
+    xt = torch.from_numpy(x)
+    codes = paper.quantize(xt, qp, channel_axis=1)
+    values = paper.quant_dequant(xt, qp, channel_axis=1)
+    assert codes.shape == xt.shape and codes.dtype == torch.int32
+    for c, a in enumerate(alphas):
+        if a < 0:  # negative alpha: NaN levels, NaN code everywhere
+            assert (codes[:, c] == -(2 ** (b - 1))).all() and torch.isnan(values[:, c]).all()
+            continue
+        ref_codes, ref_values = reference_sm_quantize(x[:, c].reshape(-1), float(a), b, k)
+        assert np.array_equal(codes[:, c].numpy().reshape(-1), ref_codes)
+        assert np.array_equal(bits(values[:, c]).reshape(-1), bits(ref_values))
+        back = paper.dequantize(codes, qp, channel_axis=1)[:, c]
+        assert np.array_equal(bits(back).reshape(-1), bits(ref_values))
+
+
 def test_per_channel_and_normalization():
     rng = np.random.default_rng(3)
     w = rng.normal(size=(5, 12)).astype(np.float32) * 0.1
