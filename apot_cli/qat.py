@@ -314,7 +314,7 @@ def _export_summary(model, state, quant, eval_fn, x_te, y_te, variant) -> dict[s
     from apot_jax import train as T
 
     exported = {
-        name: X.export_dense(
+        name: X.export_kernel(
             layer["kernel"],
             layer["weight_quant"]["alpha"],
             b=quant.bits,

@@ -1,23 +1,27 @@
 """Export of a paper-recipe layer to integer APoT codes, and inference from them.
 
-Mirrors ``apot_torch/export.py``. A kernel trained with
-``apot_jax.paper.paper_weight_quant`` is stored as its signed sign-magnitude
-codes (int8 for ``b <= 8``), alpha and gamma (per tensor or per output
-channel), the normalization scale (the weight's std, see
-``paper_weight_quant``) and the float bias. Two inference paths:
+Mirrors ``apot_torch/export.py``. A Dense or Conv kernel (Flax layout, the
+output features last) trained with ``apot_jax.paper.paper_weight_quant`` is
+stored as its signed sign-magnitude codes (int8 for ``b <= 8``), alpha and
+gamma (per tensor or per output channel), the normalization scale (the
+weight's std, see ``paper_weight_quant``) and the float bias. Two inference
+paths:
 
-* :func:`dequantize_kernel` / :func:`dense_from_codes`: the codes' levels times
-  the scale, then the float matmul. The kernel equals the fake-quant kernel
-  bit for bit, so the layer output equals the fake-quant layer's.
+* :func:`dequantize_kernel`, then :func:`dense_from_codes` /
+  :func:`conv_from_codes`: the codes' levels times the scale, then the float
+  matmul or convolution. The kernel equals the fake-quant kernel bit for
+  bit, so the layer output equals the fake-quant layer's.
 * :func:`shift_add_matmul`: the prototype's ``LinearAPoT`` idea for integer
   activations: every weight level is ``gamma * I / 2**D`` with ``I`` a sum of
   ``n`` powers of two, so ``x @ I`` is shifts and adds of ``x``; exact in
-  integers (``docs/numerics.md`` 9).
+  integers (``docs/numerics.md`` 9); dense kernels.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,14 +32,14 @@ from apot_jax import paper
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportedDense:
-    """An exported dense layer (kernel ``(in_features, out_features)``).
+class ExportedKernel:
+    """An exported Dense kernel ``(in, out)`` or Conv kernel ``(*window, in, out)``.
 
     Attributes:
-      codes: int8 (``b <= 8``, else int16) ``(in, out)`` signed codes.
+      codes: int8 (``b <= 8``, else int16) signed codes, the kernel's shape.
       alpha, gamma: float32 ``()`` or ``(out,)`` (per channel).
-      scale: float32 ``(1, 1)`` or ``(1, out)``: the normalization std (1 if
-        the layer did not normalize).
+      scale: float32 ``(1, ..., 1, 1)`` or ``(1, ..., 1, out)`` (the kernel's
+        rank): the normalization std (1 if the layer did not normalize).
       bias: float32 ``(out,)`` or ``None``.
       b, k: the sign-magnitude configuration; per_channel: alpha per output.
     """
@@ -63,7 +67,7 @@ def _axis(per_channel: bool) -> int | None:
     return -1 if per_channel else None
 
 
-def export_dense(
+def export_kernel(
     kernel: jax.Array,
     alpha: jax.Array,
     *,
@@ -72,29 +76,33 @@ def export_dense(
     normalize: bool = True,
     per_channel: bool = False,
     bias: jax.Array | None = None,
-) -> ExportedDense:
-    """Codes and scales of a trained ``(in, out)`` kernel and its alpha.
+) -> ExportedKernel:
+    """Codes and scales of a trained kernel (``(in, out)`` or ``(*window, in,
+    out)``, output features last) and its alpha (``()``, or ``(out,)`` with
+    ``per_channel``), as ``paper_weight_quant`` with ``channel_axis=-1``
+    quantized it.
 
     Raises:
-      ValueError: not a 2-D kernel, or a kernel with NaN (no code).
+      ValueError: a kernel of rank < 2, or with NaN (no code).
     """
     kernel = jnp.asarray(kernel, jnp.float32)
-    if kernel.ndim != 2:
-        raise ValueError(f"export_dense needs a 2-D kernel, got shape {kernel.shape}")
+    if kernel.ndim < 2:
+        raise ValueError(f"export_kernel needs a kernel of rank >= 2, got shape {kernel.shape}")
     axis = _axis(per_channel)
+    scale_shape = (1,) * (kernel.ndim - 1) + (kernel.shape[-1] if per_channel else 1,)
     if normalize:
         w_hat, _, scale = paper.normalize_weight(kernel, axis)
     else:
-        w_hat, scale = kernel, jnp.ones((1, kernel.shape[1] if per_channel else 1), jnp.float32)
+        w_hat, scale = kernel, jnp.ones(scale_shape, jnp.float32)
     qparams = paper.sign_magnitude_qparams(alpha, b=b, k=k)
     codes = np.asarray(paper.quantize(w_hat, qparams, axis))
     if (codes == sign_magnitude_table(b, k).nan_code).any():
-        raise ValueError("export_dense needs a kernel without NaN (NaN has no code)")
-    return ExportedDense(
+        raise ValueError("export_kernel needs a kernel without NaN (NaN has no code)")
+    return ExportedKernel(
         codes=codes.astype(np.int8 if b <= 8 else np.int16),
         alpha=np.asarray(qparams.alpha),
         gamma=np.asarray(qparams.gamma),
-        scale=np.asarray(scale, np.float32).reshape(1, -1),
+        scale=np.asarray(scale, np.float32).reshape(scale_shape),
         bias=None if bias is None else np.asarray(bias, np.float32),
         b=b,
         k=k,
@@ -102,21 +110,42 @@ def export_dense(
     )
 
 
-def dequantize_kernel(exported: ExportedDense) -> jax.Array:
-    """float32 ``(in, out)`` kernel: the codes' levels times the scale, equal
-    bit for bit to the fake-quant kernel of ``paper_weight_quant``."""
+def dequantize_kernel(exported: ExportedKernel) -> jax.Array:
+    """float32 kernel (the codes' shape): the codes' levels times the scale,
+    equal bit for bit to the fake-quant kernel of ``paper_weight_quant``."""
     qparams = paper.sign_magnitude_qparams(jnp.asarray(exported.alpha), b=exported.b, k=exported.k)
     levels = paper.dequantize(jnp.asarray(exported.codes), qparams, _axis(exported.per_channel))
     return levels * jnp.asarray(exported.scale)
 
 
-def dense_from_codes(x: jax.Array, exported: ExportedDense) -> jax.Array:
-    """``x (..., in)`` float32 -> ``x @ dequantize_kernel + bias`` ``(..., out)``."""
+def dense_from_codes(x: jax.Array, exported: ExportedKernel) -> jax.Array:
+    """``x (..., in)`` float32 -> ``x @ dequantize_kernel + bias`` ``(..., out)``
+    (a Dense kernel)."""
+    if exported.codes.ndim != 2:
+        raise ValueError(f"dense_from_codes needs a 2-D kernel, got shape {exported.codes.shape}")
     y = jnp.matmul(jnp.asarray(x, jnp.float32), dequantize_kernel(exported))
     return y if exported.bias is None else y + jnp.asarray(exported.bias)
 
 
-def integer_weights(exported: ExportedDense) -> tuple[np.ndarray, int]:
+def conv_from_codes(
+    x: jax.Array,
+    exported: ExportedKernel,
+    strides: int | Sequence[int] = 1,
+    padding: str | Sequence[tuple[int, int]] = "SAME",
+) -> jax.Array:
+    """The convolution of ``x`` ``(N, *spatial, in)`` (channels last, like
+    ``APoTConv``) with the dequantized ``(*window, in, out)`` kernel, plus
+    the bias: ``(N, *spatial_out, out)``, float32."""
+    from apot_jax.layers import _conv, _tuple  # the layers' own convolution (imports Flax)
+
+    kernel = dequantize_kernel(exported)
+    if kernel.ndim < 3:
+        raise ValueError(f"conv_from_codes needs a (*window, in, out) kernel, got shape {kernel.shape}")
+    bias = None if exported.bias is None else jnp.asarray(exported.bias)
+    return _conv(jnp.asarray(x, jnp.float32), kernel, bias, _tuple(strides, kernel.ndim - 2), padding)
+
+
+def integer_weights(exported: ExportedKernel) -> tuple[np.ndarray, int]:
     """``(I, D)``: the kernel's levels are ``gamma * I / 2**D`` exactly, ``I``
     int64 ``(in, out)`` (sign included), each a sum of at most ``n`` powers of
     two (the APoT terms in units of ``2**-D``)."""
@@ -127,7 +156,7 @@ def integer_weights(exported: ExportedDense) -> tuple[np.ndarray, int]:
     return np.sign(codes) * magnitude[np.abs(codes)], d
 
 
-def shift_add_matmul(x_int: np.ndarray, exported: ExportedDense) -> np.ndarray:
+def shift_add_matmul(x_int: np.ndarray, exported: ExportedKernel) -> np.ndarray:
     """Exact ``x_int @ I`` (see :func:`integer_weights`) by shifts and adds.
 
     Args:
@@ -144,6 +173,8 @@ def shift_add_matmul(x_int: np.ndarray, exported: ExportedDense) -> np.ndarray:
     x = np.asarray(x_int)
     if not np.issubdtype(x.dtype, np.integer) or x.ndim != 2:
         raise ValueError("shift_add_matmul needs a 2-D integer activation")
+    if exported.codes.ndim != 2:
+        raise ValueError(f"shift_add_matmul needs a 2-D (Dense) kernel, got shape {exported.codes.shape}")
     table = sign_magnitude_table(exported.b, exported.k).magnitude
     n, k = table.n, table.k
     d = n * (2**k - 1) - 1
@@ -160,4 +191,12 @@ def shift_add_matmul(x_int: np.ndarray, exported: ExportedDense) -> np.ndarray:
     return out
 
 
-__all__ = ["ExportedDense", "dense_from_codes", "dequantize_kernel", "export_dense", "integer_weights", "shift_add_matmul"]
+__all__ = [
+    "ExportedKernel",
+    "conv_from_codes",
+    "dense_from_codes",
+    "dequantize_kernel",
+    "export_kernel",
+    "integer_weights",
+    "shift_add_matmul",
+]

@@ -1,6 +1,13 @@
 """The installable torch reference of PyTorch's APoT prototype, fixed and vectorised."""
 
-from apot_torch.export import ExportedLinear, dequantize_weight, export_linear, linear_from_codes, shift_add_matmul
+from apot_torch.export import (
+    ExportedWeight,
+    conv_from_codes,
+    dequantize_weight,
+    export_weight,
+    linear_from_codes,
+    shift_add_matmul,
+)
 from apot_torch.fake_quantize_module import APoTFakeQuantize, LearnableAPoTFakeQuantize, SignMagnitudeFakeQuantize
 from apot_torch.fake_quantize_function import fake_quantize_function, ste_mask
 from apot_torch.linear import LinearAPoT
@@ -28,7 +35,7 @@ __all__ = [
     "APoTFakeQuantize",
     "APoTObserver",
     "APoTQuantizer",
-    "ExportedLinear",
+    "ExportedWeight",
     "LearnableAPoTFakeQuantize",
     "LinearAPoT",
     "SignMagnitudeFakeQuantize",
@@ -36,9 +43,10 @@ __all__ = [
     "TensorAPoT",
     "alpha_grad_elements",
     "calculate_qparams",
+    "conv_from_codes",
     "dequantize_APoT",
     "dequantize_weight",
-    "export_linear",
+    "export_weight",
     "fake_quantize_function",
     "learnable_fake_quantize",
     "learnable_fake_quantize_function",

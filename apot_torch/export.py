@@ -1,7 +1,7 @@
-"""Export of a paper-recipe linear layer to integer APoT codes, and inference
-from them. Mirrors ``apot_jax/export.py`` in torch's ``(out, in)`` weight
-layout (per-channel alpha along dim 0, the output features); see that module
-and ``docs/numerics.md`` section 9.
+"""Export of a paper-recipe linear or convolution layer to integer APoT codes,
+and inference from them. Mirrors ``apot_jax/export.py`` in torch's weight
+layout, ``(out, in)`` or ``(out, in, *window)`` (per-channel alpha along dim
+0, the output features); see that module and ``docs/numerics.md`` section 9.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from apot_torch import paper
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportedLinear:
-    """An exported linear layer (weight ``(out_features, in_features)``).
+class ExportedWeight:
+    """An exported linear weight ``(out, in)`` or convolution weight ``(out, in, *window)``.
 
     Attributes:
-      codes: int8 (``b <= 8``, else int16) ``(out, in)`` signed codes.
+      codes: int8 (``b <= 8``, else int16) signed codes, the weight's shape.
       alpha, gamma: float32 ``()`` or ``(out,)``.
-      scale: float32 ``(1, 1)`` or ``(out, 1)``: the normalization std (1
-        without normalization).
+      scale: float32 ``(1, 1, ...)`` or ``(out, 1, ...)`` (the weight's
+        rank): the normalization std (1 without normalization).
       bias: float32 ``(out,)`` or ``None``.
       b, k, per_channel: the configuration.
     """
@@ -52,7 +52,7 @@ def _axis(per_channel: bool) -> int | None:
 
 
 @torch.no_grad()
-def export_linear(
+def export_weight(
     weight: Tensor,
     alpha: Tensor,
     *,
@@ -61,29 +61,32 @@ def export_linear(
     normalize: bool = True,
     per_channel: bool = False,
     bias: Tensor | None = None,
-) -> ExportedLinear:
-    """Codes and scales of a trained ``(out, in)`` weight and its alpha.
+) -> ExportedWeight:
+    """Codes and scales of a trained weight (``(out, in)`` or ``(out, in,
+    *window)``) and its alpha (``()``, or ``(out,)`` with ``per_channel``),
+    as ``paper_weight_quant`` with ``channel_axis=0`` quantized it.
 
     Raises:
-      ValueError: not a 2-D weight, or a weight with NaN (no code).
+      ValueError: a weight of rank < 2, or with NaN (no code).
     """
     weight = weight.detach().to(torch.float32)
-    if weight.dim() != 2:
-        raise ValueError(f"export_linear needs a 2-D weight, got shape {tuple(weight.shape)}")
+    if weight.dim() < 2:
+        raise ValueError(f"export_weight needs a weight of rank >= 2, got shape {tuple(weight.shape)}")
     axis = _axis(per_channel)
+    scale_shape = (weight.shape[0] if per_channel else 1,) + (1,) * (weight.dim() - 1)
     if normalize:
         w_hat, _, scale = paper.normalize_weight(weight, axis)
     else:
-        w_hat, scale = weight, torch.ones((weight.shape[0] if per_channel else 1, 1), device=weight.device)
+        w_hat, scale = weight, torch.ones(scale_shape, device=weight.device)
     qparams = paper.sign_magnitude_qparams(alpha.detach(), b=b, k=k)
     codes = paper.quantize(w_hat, qparams, axis)
     if bool((codes == sign_magnitude_table(b, k).nan_code).any()):
-        raise ValueError("export_linear needs a weight without NaN (NaN has no code)")
-    return ExportedLinear(
+        raise ValueError("export_weight needs a weight without NaN (NaN has no code)")
+    return ExportedWeight(
         codes=codes.to(torch.int8 if b <= 8 else torch.int16),
         alpha=qparams.alpha,
         gamma=qparams.gamma,
-        scale=scale.reshape(-1, 1),
+        scale=scale.reshape(scale_shape),
         bias=None if bias is None else bias.detach().to(torch.float32),
         b=b,
         k=k,
@@ -91,19 +94,36 @@ def export_linear(
     )
 
 
-def dequantize_weight(exported: ExportedLinear) -> Tensor:
-    """float32 ``(out, in)`` weight: the codes' levels times the scale, equal
-    bit for bit to the fake-quant weight of ``paper_weight_quant``."""
+def dequantize_weight(exported: ExportedWeight) -> Tensor:
+    """float32 weight (the codes' shape): the codes' levels times the scale,
+    equal bit for bit to the fake-quant weight of ``paper_weight_quant``."""
     qparams = paper.sign_magnitude_qparams(exported.alpha, b=exported.b, k=exported.k)
     return paper.dequantize(exported.codes, qparams, _axis(exported.per_channel)) * exported.scale
 
 
-def linear_from_codes(x: Tensor, exported: ExportedLinear) -> Tensor:
+def linear_from_codes(x: Tensor, exported: ExportedWeight) -> Tensor:
     """``x (..., in)`` -> ``x @ dequantize_weight.T + bias`` ``(..., out)``."""
+    if exported.codes.dim() != 2:
+        raise ValueError(f"linear_from_codes needs a 2-D weight, got shape {tuple(exported.codes.shape)}")
     return torch.nn.functional.linear(x.to(torch.float32), dequantize_weight(exported), exported.bias)
 
 
-def integer_weights(exported: ExportedLinear) -> tuple[Tensor, int]:
+_CONV = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
+
+
+def conv_from_codes(
+    x: Tensor, exported: ExportedWeight, stride: int | tuple[int, ...] = 1, padding: str | int | tuple[int, ...] = 0
+) -> Tensor:
+    """The convolution of ``x`` ``(N, in, *spatial)`` (torch's layout) with the
+    dequantized ``(out, in, *window)`` weight, plus the bias, as
+    ``torch.nn.functional.conv{1,2,3}d``: ``(N, out, *spatial_out)``, float32."""
+    conv = _CONV.get(exported.codes.dim() - 2)
+    if conv is None:
+        raise ValueError(f"conv_from_codes needs a 3-D to 5-D weight, got shape {tuple(exported.codes.shape)}")
+    return conv(x.to(torch.float32), dequantize_weight(exported), exported.bias, stride=stride, padding=padding)
+
+
+def integer_weights(exported: ExportedWeight) -> tuple[Tensor, int]:
     """``(I, D)``: the weight's levels are ``gamma * I / 2**D`` exactly, ``I``
     int64 ``(out, in)``, each a signed sum of at most ``n`` powers of two."""
     table = sign_magnitude_table(exported.b, exported.k).magnitude
@@ -114,7 +134,7 @@ def integer_weights(exported: ExportedLinear) -> tuple[Tensor, int]:
     return torch.sign(codes) * magnitude[codes.abs()], d
 
 
-def shift_add_matmul(x_int: Tensor, exported: ExportedLinear) -> Tensor:
+def shift_add_matmul(x_int: Tensor, exported: ExportedWeight) -> Tensor:
     """Exact ``x_int @ I.T`` by shifts and adds (``apot_jax.export.shift_add_matmul``).
 
     Args:
@@ -127,6 +147,8 @@ def shift_add_matmul(x_int: Tensor, exported: ExportedLinear) -> Tensor:
     """
     if x_int.is_floating_point() or x_int.dim() != 2:
         raise ValueError("shift_add_matmul needs a 2-D integer activation")
+    if exported.codes.dim() != 2:
+        raise ValueError(f"shift_add_matmul needs a 2-D (linear) weight, got shape {tuple(exported.codes.shape)}")
     table = sign_magnitude_table(exported.b, exported.k).magnitude
     n, k = table.n, table.k
     d = n * (2**k - 1) - 1
@@ -143,9 +165,10 @@ def shift_add_matmul(x_int: Tensor, exported: ExportedLinear) -> Tensor:
 
 
 __all__ = [
-    "ExportedLinear",
+    "ExportedWeight",
+    "conv_from_codes",
     "dequantize_weight",
-    "export_linear",
+    "export_weight",
     "integer_weights",
     "linear_from_codes",
     "shift_add_matmul",

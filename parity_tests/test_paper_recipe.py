@@ -126,12 +126,12 @@ def test_modules_and_export(jax_backend, torch_backend, parity):
             variables["params"], kernel_j
         )
         jq = jax.jit(j_mod.apply)(variables, kernel_j)
-        exported_j = jexport.export_dense(kernel_j, variables["params"]["alpha"], b=3, k=2, per_channel=True, bias=bias)
+        exported_j = jexport.export_kernel(kernel_j, variables["params"]["alpha"], b=3, k=2, per_channel=True, bias=bias)
         dequant_j = jexport.dequantize_kernel(exported_j)
     wt = tb.to_torch(kernel.T.copy())
     yt = t_mod(wt)
     (yt**2).sum().backward()
-    exported_t = texport.export_linear(wt, t_mod.alpha.detach(), b=3, k=2, per_channel=True, bias=tb.to_torch(bias))
+    exported_t = texport.export_weight(wt, t_mod.alpha.detach(), b=3, k=2, per_channel=True, bias=tb.to_torch(bias))
     comps = [
         compare("module_output", np.asarray(jq), tb.to_numpy(yt.detach()).T),
         compare("module_grad_alpha", np.asarray(jgrads["alpha"]), tb.to_numpy(t_mod.alpha.grad)),
@@ -147,3 +147,41 @@ def test_modules_and_export(jax_backend, torch_backend, parity):
         yj = np.asarray(jexport.dense_from_codes(jax.device_put(x, jax_backend.device), exported_j))
     yt_lin = tb.to_numpy(texport.linear_from_codes(tb.to_torch(x), exported_t))
     np.testing.assert_allclose(yj, yt_lin, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_conv_export(jax_backend, torch_backend, per_channel, parity):
+    """A conv kernel in each framework's layout (Flax ``(kh, kw, in, out)``,
+    torch ``(out, in, kh, kw)``), exported without normalization: codes,
+    dequantized kernel and the convolution from the codes. (With
+    normalization the statistics are pairwise sums in each layout's element
+    order, equal across layouts only to float32 rounding: docs/numerics.md
+    9.5; the same layout is bitwise, test_per_channel_paper_weight_quant.)"""
+    tb = torch_backend
+    rng = np.random.default_rng(12)
+    kernel = (rng.normal(size=(3, 3, 2, 4)) * 0.3).astype(np.float32)
+    alpha = rng.uniform(0.3, 0.9, 4 if per_channel else ()).astype(np.float32)
+    bias = rng.normal(size=4).astype(np.float32)
+    image = rng.normal(size=(2, 7, 7, 2)).astype(np.float32)
+    with jax.default_device(jax_backend.device):
+        ej = jexport.export_kernel(
+            jax.device_put(kernel, jax_backend.device), jnp.asarray(alpha), b=3, k=2, normalize=False,
+            per_channel=per_channel, bias=bias,
+        )  # fmt: skip
+        jk = np.asarray(jexport.dequantize_kernel(ej))
+        jy = np.asarray(jexport.conv_from_codes(jax.device_put(image, jax_backend.device), ej, padding="VALID"))
+    et = texport.export_weight(
+        tb.to_torch(kernel.transpose(3, 2, 0, 1).copy()), tb.to_torch(alpha), b=3, k=2, normalize=False,
+        per_channel=per_channel, bias=tb.to_torch(bias),
+    )  # fmt: skip
+    tk = tb.to_numpy(texport.dequantize_weight(et)).transpose(2, 3, 1, 0)
+    ty = tb.to_numpy(texport.conv_from_codes(tb.to_torch(image.transpose(0, 3, 1, 2).copy()), et)).transpose(0, 2, 3, 1)
+    comps = [
+        compare("conv_codes", ej.codes, tb.to_numpy(et.codes).transpose(2, 3, 1, 0)),
+        compare("conv_gamma", ej.gamma, tb.to_numpy(et.gamma)),
+        compare("conv_dequantized_kernel", jk, tk),
+    ]
+    parity.record(f"{jax_backend.name}~{tb.name}", f"conv export b=3 k=2 per_channel={per_channel}", comps)
+    parity.assert_ok()
+    # the convolutions themselves sum in each backend's order: a tolerance
+    np.testing.assert_allclose(jy, ty, rtol=1e-5, atol=1e-5)
