@@ -50,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--per-channel", action="store_true", help="paper recipe: one weight alpha per output feature"
     )
     parser.add_argument(
+        "--paper-activations",
+        choices=["learnable", "observed"],
+        default="learnable",
+        help="paper recipe's activation alpha: learnt as in the paper (initialised by least squares on the float "
+        "network's activations) or observed like the prototype recipe (default: learnable)",
+    )
+    parser.add_argument(
         "--k",
         type=int,
         nargs="+",
@@ -181,13 +188,19 @@ def run(args: argparse.Namespace) -> int:
         for b in args.paper_bits:
             weight_k, k = _paper_k(b)
             quant = T.QuantConfig(
-                bits=b, k=k, quantize=args.quantize, recipe="paper", weight_k=weight_k, per_channel=args.per_channel
+                bits=b,
+                k=k,
+                quantize=args.quantize,
+                recipe="paper",
+                weight_k=weight_k,
+                per_channel=args.per_channel,
+                learn_activation_alpha=args.paper_activations == "learnable",
             )
             variants.append({"variant": f"paper {args.quantize}", "quant": quant})
 
     total_steps = steps_per_epoch * (args.epochs + qat_epochs * (len(variants) - 1))
     bar = tqdm(total=total_steps, desc="apot qat", unit="step", disable=args.no_progress, file=sys.stderr)
-    float_state = None
+    float_state = float_model = None
     timers = []  # (variant, step_fn, state) for the interleaved timing
     export: dict[str, Any] | None = None  # the first paper model's export summary
     t_start = time.perf_counter()
@@ -203,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
             # calibrated on the float network (fake quant off).
             params = _with_float_weights(state.params, float_state.params)
             params = T.fit_paper_alphas(params, quant)  # paper recipe: least-squares initial alphas
+            if quant.learn_activation_alpha:
+                params = T.fit_activation_alphas(model, params, float_model, float_state.params, x_tr)
             state = state.replace(params=params, opt_state=tx.init(params))
             state = T.calibrate(model, state, [x_tr])  # the whole training set, one batch
         step_fn = T.make_train_step(model, tx)
@@ -224,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
             history["test_accuracy"].append(T.accuracy(eval_fn, state, x_te, y_te))
             bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", acc=f"{100 * history['test_accuracy'][-1]:.1f}")
         if is_float:
-            float_state = state
+            float_state, float_model = state, model
         v.update(
             bits=quant.bits,
             k=quant.k if not is_float else None,
@@ -264,7 +279,7 @@ def run(args: argparse.Namespace) -> int:
         f"(adam {args.qat_lr}) from the float weights after calibration; "
         f"weights {'signed' if signed_weights else 'unsigned'} table (prototype recipe) or sign-magnitude levels "
         f"with learnable alpha after weight normalization (paper recipe; k w/a = weight magnitude k / activation k), "
-        f"activations unsigned "
+        f"activations unsigned{', alpha learnt in the paper recipe' if args.paper_activations == 'learnable' else ''} "
         f"({'network input and hidden layers' if args.quantize_input else 'hidden layers; network input float'}); "
         f"{jax.devices()[0].platform} ({jax.device_count()} devices); {wall:.1f} s"
     )
@@ -325,9 +340,24 @@ def _export_summary(model, state, quant, eval_fn, x_te, y_te, variant) -> dict[s
         for name, layer in state.params.items()
     }
     # The same network with float weights: the kernels from the codes.
-    plain = T.MLP(hidden=model.hidden, quant=T.QuantConfig(bits=quant.bits, k=quant.k, quantize="activations"),
-                  quantize_input=model.quantize_input)  # fmt: skip
-    params = {name: {"kernel": X.dequantize_kernel(e), "bias": jnp.asarray(e.bias)} for name, e in exported.items()}
+    plain_quant = T.QuantConfig(
+        bits=quant.bits,
+        k=quant.k,
+        quantize="activations",
+        recipe=quant.recipe,
+        weight_k=quant.weight_k,
+        learn_activation_alpha=quant.learn_activation_alpha,
+    )
+    plain = T.MLP(hidden=model.hidden, quant=plain_quant, quantize_input=model.quantize_input)
+    # the activations' learnt alphas (if any) stay as they are
+    params = {
+        name: {
+            **{key: value for key, value in state.params[name].items() if key == "input_quant"},
+            "kernel": X.dequantize_kernel(e),
+            "bias": jnp.asarray(e.bias),
+        }
+        for name, e in exported.items()
+    }
     plain_state = state.replace(params=params)
     logits_codes = np.asarray(T.make_eval_fn(plain)(plain_state, jnp.asarray(x_te)))
     logits_fq = np.asarray(eval_fn(state, jnp.asarray(x_te)))

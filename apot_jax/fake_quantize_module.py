@@ -48,7 +48,7 @@ from flax.core import FrozenDict
 from apot_common.tables import level_table, sign_magnitude_table, validate_bits
 from apot_jax.fake_quantize_function import fake_quantize, ste_mask
 from apot_jax.observer import ObserverState, calculate_qparams, observe, observed_alpha
-from apot_jax.paper import learnable_fake_quantize, paper_weight_quant
+from apot_jax.paper import check_learnable, learnable_fake_quantize, paper_weight_quant
 
 #: Name of the linen variable collection holding observer statistics and flags.
 QUANT_STATS = "quant_stats"
@@ -295,17 +295,24 @@ class UniformFakeQuantize(_LinenFakeQuantBase):
 
 
 class LearnableAPoTFakeQuantize(nn.Module):
-    """The paper's weight fake quant as a linen module (``apot_jax.paper``).
+    """The paper's fake quant with a learnt alpha as a linen module
+    (``apot_jax.paper``): weights by default, activations with
+    ``scheme="unsigned", normalize=False``.
 
     Attributes:
-      b, k: bits including the sign, and base width of the ``b - 1``
-        magnitude bits (``k`` must divide ``b - 1``).
+      b, k: sign-magnitude: bits including the sign, and base width of the
+        ``b - 1`` magnitude bits (``k`` must divide ``b - 1``); unsigned:
+        the APoT table's (``k`` divides ``b``).
       normalize: normalize the input to zero mean, unit variance first (and
-        scale the result back by the std, see ``paper_weight_quant``).
+        scale the result back by the std, see ``paper_weight_quant``);
+        sign-magnitude only.
       channel_axis: ``None`` for one alpha, else the input axis with one
-        alpha per entry (for a Dense kernel ``(in, out)``: ``-1``).
+        alpha per entry (for a Dense kernel ``(in, out)``: ``-1``);
+        sign-magnitude only.
       alpha_init: initial alpha (in units of the normalized input when
         ``normalize``); the paper starts weights at 3.0.
+      scheme: ``"sign-magnitude"`` (weights) or ``"unsigned"`` (activations
+        after a ReLU: negative inputs give 0).
 
     Params: ``alpha``, float32 ``()`` or ``(C,)``. ``__call__(x)``: ``x``
     floating, any shape (at least 2 elements per statistic when
@@ -318,18 +325,25 @@ class LearnableAPoTFakeQuantize(nn.Module):
     normalize: bool = True
     channel_axis: int | None = None
     alpha_init: float = 3.0
+    scheme: str = "sign-magnitude"
 
     def __post_init__(self) -> None:
-        sign_magnitude_table(self.b, self.k)  # ValueError at construction
+        check_learnable(self.b, self.k, self.scheme, self.normalize, self.channel_axis)  # ValueError now
         super().__post_init__()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = () if self.channel_axis is None else (x.shape[self.channel_axis],)
         alpha = self.param("alpha", lambda _, s: jnp.full(s, self.alpha_init, jnp.float32), shape)
-        return paper_weight_quant(
-            x, alpha, b=self.b, k=self.k, normalize=self.normalize, channel_axis=self.channel_axis
-        )
+        return _learnable_quant(self, x, alpha)
+
+
+def _learnable_quant(module: "LearnableAPoTFakeQuantize | NNXLearnableAPoTFakeQuantize", x: jax.Array, alpha: jax.Array) -> jax.Array:
+    if module.scheme == "unsigned":
+        return learnable_fake_quantize(x, alpha, b=module.b, k=module.k, scheme="unsigned")
+    return paper_weight_quant(
+        x, alpha, b=module.b, k=module.k, normalize=module.normalize, channel_axis=module.channel_axis
+    )
 
 
 def _is_flag_dict(node: Any) -> bool:
@@ -484,19 +498,19 @@ class NNXLearnableAPoTFakeQuantize(nnx.Module):
         channel_axis: int | None = None,
         channels: int | None = None,
         alpha_init: float = 3.0,
+        scheme: str = "sign-magnitude",
     ) -> None:
-        sign_magnitude_table(b, k)  # ValueError at construction
+        check_learnable(b, k, scheme, normalize, channel_axis)  # ValueError at construction
         if (channel_axis is None) != (channels is None):
             raise ValueError("give channels exactly when channel_axis is given")
         self.b, self.k, self.normalize, self.channel_axis = int(b), int(k), bool(normalize), channel_axis
+        self.scheme = scheme
         shape = () if channels is None else (int(channels),)
         self.alpha = nnx.Param(jnp.full(shape, alpha_init, jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Fake-quantize ``x`` (float32, any shape); returns its shape."""
-        return paper_weight_quant(
-            x, self.alpha[...], b=self.b, k=self.k, normalize=self.normalize, channel_axis=self.channel_axis
-        )
+        return _learnable_quant(self, x, self.alpha[...])
 
 
 __all__ = [

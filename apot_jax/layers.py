@@ -11,7 +11,9 @@ symmetric levels, magnitude base width ``weight_k``) with the observed alpha
 ``"apot-paper"`` is the paper's recipe: :class:`~apot_jax.fake_quantize_module.LearnableAPoTFakeQuantize`
 (sign-magnitude levels of ``b`` bits with base width ``weight_k`` for the
 magnitude, learnable alpha, weight normalization if ``weight_norm``, one alpha
-per output feature if ``per_channel``). The torch qconfig combinations map as:
+per output feature if ``per_channel``). For the input, ``"apot-paper"`` is the
+paper's activation quantizer: the unsigned ``(b, k)`` APoT levels with a
+learnable alpha (starting at ``input_alpha_init``), no observer. The torch qconfig combinations map as:
 
 * "APoT weights + uniform activations": ``weight_quant="apot", input_quant="uniform"``
 * "APoT both": ``weight_quant="apot", input_quant="apot"``
@@ -37,7 +39,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from apot_common.tables import default_magnitude_k, sign_magnitude_table
+from apot_common.tables import default_magnitude_k, level_table, sign_magnitude_table
 from apot_jax.fake_quantize_module import (
     APoTFakeQuantize,
     LearnableAPoTFakeQuantize,
@@ -54,23 +56,25 @@ _SCHEMES = ("apot", "uniform", None)
 PAPER = "apot-paper"
 #: Weight-only scheme: sign-magnitude levels with the observed alpha.
 SIGN_MAGNITUDE = "sign-magnitude"
-_WEIGHT_ONLY = (SIGN_MAGNITUDE, PAPER)
+_WEIGHT_ONLY = (SIGN_MAGNITUDE,)
 
 Initializer = Callable[..., jax.Array]
 
 
 def _check_scheme(name: str, value: str | None) -> None:
-    allowed = _SCHEMES + (_WEIGHT_ONLY if name == "weight_quant" else ())
+    allowed = _SCHEMES + (PAPER,) + (_WEIGHT_ONLY if name == "weight_quant" else ())
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
 
-def _check_layer(weight_quant: str | None, input_quant: str | None, b: int, weight_k: int | None) -> None:
+def _check_layer(weight_quant: str | None, input_quant: str | None, b: int, k: int, weight_k: int | None) -> None:
     """``ValueError`` now (at construction) for a bad scheme or bit width."""
     _check_scheme("weight_quant", weight_quant)
     _check_scheme("input_quant", input_quant)
-    if weight_quant in _WEIGHT_ONLY:
+    if weight_quant in (SIGN_MAGNITUDE, PAPER):
         _magnitude_k(b, weight_k)
+    if input_quant == PAPER:
+        level_table(b, k, False)
 
 
 def _magnitude_k(b: int, weight_k: int | None) -> int:
@@ -82,6 +86,7 @@ def _magnitude_k(b: int, weight_k: int | None) -> int:
 
 
 def _linen_quantizer(scheme: str | None, b: int, k: int, signed: bool, name: str) -> nn.Module | None:
+    """The fake quant of a prototype-compatible scheme (observer-based)."""
     if scheme == "apot":
         return APoTFakeQuantize(b, k, signed, name=name)
     if scheme == "uniform":
@@ -108,7 +113,12 @@ def _linen_weight_quantizer(layer: "APoTDense | APoTConv") -> nn.Module | None:
 def _linen_quantized_operands(layer: "APoTDense | APoTConv", x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(x, kernel)`` through the layer's fake quants (submodules
     ``input_quant`` / ``weight_quant`` of ``layer``, from its compact call)."""
-    xq = _linen_quantizer(layer.input_quant, layer.b, layer.k, layer.signed_inputs, "input_quant")
+    if layer.input_quant == PAPER:
+        xq = LearnableAPoTFakeQuantize(
+            layer.b, layer.k, normalize=False, alpha_init=layer.input_alpha_init, scheme="unsigned", name="input_quant"
+        )
+    else:
+        xq = _linen_quantizer(layer.input_quant, layer.b, layer.k, layer.signed_inputs, "input_quant")
     wq = _linen_weight_quantizer(layer)
     return (x if xq is None else xq(x)), (kernel if wq is None else wq(kernel))
 
@@ -136,6 +146,15 @@ def _nnx_weight_quantizer(
             channels=features if per_channel else None,
             alpha_init=alpha_init,
         )
+    return _nnx_quantizer(scheme, b, k, signed)
+
+
+def _nnx_input_quantizer(
+    scheme: str | None, b: int, k: int, signed: bool, input_alpha_init: float
+) -> nnx.Module | None:
+    """The input's fake quant of an NNX layer (the paper scheme included)."""
+    if scheme == PAPER:
+        return NNXLearnableAPoTFakeQuantize(b, k, normalize=False, alpha_init=input_alpha_init, scheme="unsigned")
     return _nnx_quantizer(scheme, b, k, signed)
 
 
@@ -191,8 +210,8 @@ class APoTDense(nn.Module):
       features: output width.
       b, k: bits and base bit-width of the fake quants (``k`` unused by
         ``"uniform"``).
-      weight_quant, input_quant: ``"apot"``, ``"uniform"`` or ``None``;
-        for ``weight_quant`` also ``"sign-magnitude"`` or ``"apot-paper"``.
+      weight_quant, input_quant: ``"apot"``, ``"uniform"``, ``"apot-paper"``
+        or ``None``; for ``weight_quant`` also ``"sign-magnitude"``.
       signed_weights: signed weight table (the prototype-compatible signed
         APoT table; the unsigned default maps every negative weight to 0).
       signed_inputs: signed input table (default unsigned: inputs after a
@@ -200,8 +219,10 @@ class APoTDense(nn.Module):
       use_bias: add a float bias.
       weight_k: the magnitude's base width of ``"sign-magnitude"`` and
         ``"apot-paper"`` weights (default 2 where it divides ``b - 1``, else 1).
-      weight_norm, per_channel, alpha_init: ``"apot-paper"`` only: normalize
-        the kernel first, one alpha per output feature, initial alpha.
+      weight_norm, per_channel, alpha_init: ``"apot-paper"`` weights only:
+        normalize the kernel first, one alpha per output feature, initial alpha.
+      input_alpha_init: ``input_quant="apot-paper"`` only: the initial alpha
+        of the input's learnt clipping value.
 
     ``__call__(x)``: ``x`` of shape ``(..., in_features)``, float32; returns
     ``(..., features)`` float32. Params: ``kernel (in_features, features)``,
@@ -222,9 +243,10 @@ class APoTDense(nn.Module):
     weight_norm: bool = True
     per_channel: bool = False
     alpha_init: float = 3.0
+    input_alpha_init: float = 8.0
 
     def __post_init__(self) -> None:
-        _check_layer(self.weight_quant, self.input_quant, self.b, self.weight_k)
+        _check_layer(self.weight_quant, self.input_quant, self.b, self.k, self.weight_k)
         super().__post_init__()
 
     @nn.compact
@@ -261,9 +283,10 @@ class APoTConv(nn.Module):
     weight_norm: bool = True
     per_channel: bool = False
     alpha_init: float = 3.0
+    input_alpha_init: float = 8.0
 
     def __post_init__(self) -> None:
-        _check_layer(self.weight_quant, self.input_quant, self.b, self.weight_k)
+        _check_layer(self.weight_quant, self.input_quant, self.b, self.k, self.weight_k)
         super().__post_init__()
 
     @nn.compact
@@ -306,12 +329,13 @@ class NNXAPoTDense(nnx.Module):
         weight_norm: bool = True,
         per_channel: bool = False,
         alpha_init: float = 3.0,
+        input_alpha_init: float = 8.0,
         rngs: nnx.Rngs,
     ) -> None:
-        _check_layer(weight_quant, input_quant, b, weight_k)
+        _check_layer(weight_quant, input_quant, b, k, weight_k)
         self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, features), jnp.float32))
         self.bias = nnx.Param(bias_init(rngs.params(), (features,), jnp.float32)) if use_bias else None
-        self.input_quant = _nnx_quantizer(input_quant, b, k, signed_inputs)
+        self.input_quant = _nnx_input_quantizer(input_quant, b, k, signed_inputs, input_alpha_init)
         self.weight_quant = _nnx_weight_quantizer(
             weight_quant, b, k, signed_weights, features, weight_k, weight_norm, per_channel, alpha_init
         )
@@ -346,15 +370,16 @@ class NNXAPoTConv(nnx.Module):
         weight_norm: bool = True,
         per_channel: bool = False,
         alpha_init: float = 3.0,
+        input_alpha_init: float = 8.0,
         rngs: nnx.Rngs,
     ) -> None:
-        _check_layer(weight_quant, input_quant, b, weight_k)
+        _check_layer(weight_quant, input_quant, b, k, weight_k)
         window = tuple(int(s) for s in kernel_size)
         self.strides = _tuple(strides, len(window))
         self.padding = padding
         self.kernel = nnx.Param(kernel_init(rngs.params(), window + (in_features, features), jnp.float32))
         self.bias = nnx.Param(bias_init(rngs.params(), (features,), jnp.float32)) if use_bias else None
-        self.input_quant = _nnx_quantizer(input_quant, b, k, signed_inputs)
+        self.input_quant = _nnx_input_quantizer(input_quant, b, k, signed_inputs, input_alpha_init)
         self.weight_quant = _nnx_weight_quantizer(
             weight_quant, b, k, signed_weights, features, weight_k, weight_norm, per_channel, alpha_init
         )

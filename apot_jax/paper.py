@@ -16,7 +16,11 @@ Mirrors ``apot_torch/paper.py`` function for function; the numerics are
   ``(y - x) / alpha`` inside (``Pi(x/alpha) - x/alpha``), elementwise from
   :func:`alpha_grad_elements`;
 * weight normalization (:func:`normalize_weight`) before quantization;
-* per-channel: alpha of shape ``(C,)`` for the channel axis ``channel_axis``.
+* per-channel: alpha of shape ``(C,)`` for the channel axis ``channel_axis``;
+* activations (``scheme="unsigned"``): the same learnable alpha over the
+  unsigned APoT levels of ``(b, k)`` (:func:`unsigned_qparams`), as the paper
+  quantizes the non-negative ReLU outputs: ``d y / d alpha`` is 1 above
+  alpha, ``(y - x) / alpha`` in ``[0, alpha]`` and 0 below 0.
 """
 
 from __future__ import annotations
@@ -29,11 +33,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from apot_common.tables import sign_magnitude_table
+from apot_common.tables import level_table, sign_magnitude_table
 from apot_jax import levels as _levels
+from apot_jax import quantizer as _quantizer
 from apot_jax.fake_quantize_function import ste_mask
-from apot_jax.observer import _as_float32
+from apot_jax.observer import APoTQParams, _as_float32
 from apot_jax.quantizer import _lookup
+
+#: The learnable fake quant's level sets: the paper's signed weights, and the
+#: unsigned APoT table of the activations.
+SCHEMES = ("sign-magnitude", "unsigned")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +86,39 @@ def sign_magnitude_qparams(alpha: jax.Array, *, b: int, k: int) -> SignMagnitude
     mag = _levels.levels(g, table.magnitude)  # alpha.shape + (2**(b-1),), mag[..., 0] == 0
     lv = jnp.concatenate([-mag[..., :0:-1], mag], axis=-1)
     return SignMagnitudeQParams(alpha, g, lv, table.b, table.k)
+
+
+def unsigned_qparams(alpha: jax.Array, *, b: int, k: int) -> APoTQParams:
+    """Qparams of the unsigned ``(b, k)`` APoT table for a clipping value
+    ``alpha`` (float32 scalar; zero/subnormal count as ``+0.0``, negative or
+    non-finite give NaN levels): ``calculate_qparams`` with alpha given
+    instead of observed.
+
+    Raises:
+      ValueError: invalid ``(b, k)`` (at trace time).
+    """
+    table = level_table(b, k, False)
+    alpha = _levels.positive_zero(jnp.asarray(alpha, jnp.float32))
+    g = _levels.gamma(alpha, table.p_sum)
+    return APoTQParams(alpha, g, _levels.levels(g, table), jnp.asarray(table.level_indices), table.b, table.k, False)
+
+
+def check_learnable(b: int, k: int, scheme: str, normalize: bool, channel_axis: int | None) -> None:
+    """``ValueError`` for a configuration the learnable modules cannot run:
+    a bad ``(b, k)`` for the scheme, or normalization / per-channel alpha
+    with the unsigned (activation) scheme."""
+    _check_scheme(scheme, b, k)
+    if scheme == "unsigned" and (normalize or channel_axis is not None):
+        raise ValueError("the unsigned (activation) scheme takes neither normalize nor channel_axis")
+
+
+def _check_scheme(scheme: str, b: int, k: int) -> None:
+    if scheme == "sign-magnitude":
+        sign_magnitude_table(b, k)
+    elif scheme == "unsigned":
+        level_table(b, k, False)
+    else:
+        raise ValueError(f"scheme must be one of {', '.join(map(repr, SCHEMES))}, got {scheme!r}")
 
 
 def _per_channel(
@@ -188,20 +230,22 @@ def reciprocal(alpha: jax.Array) -> jax.Array:
     return jnp.where((alpha < 0) | jnp.isnan(alpha), jnp.float32(jnp.nan), r)
 
 
-def alpha_grad_elements(x: jax.Array, alpha: jax.Array, y: jax.Array) -> jax.Array:
+def alpha_grad_elements(x: jax.Array, alpha: jax.Array, y: jax.Array, scheme: str = "sign-magnitude") -> jax.Array:
     """Per-element ``d y / d alpha`` of the learnable fake quant (paper, eq. 10).
 
     Args:
       x: the input, float32; ``alpha``: float32 broadcastable to ``x``;
       y: ``quant_dequant(x)`` for that alpha, float32 like ``x``.
+      scheme: ``"sign-magnitude"`` or ``"unsigned"`` (levels in ``[0, alpha]``).
 
     Returns:
       float32 like ``x``: ``+1`` / ``-1`` for ``x > alpha`` / ``x < -alpha``
       (``+-inf`` included), ``(y - x) * reciprocal(alpha)`` inside (the
       normalized ``Pi(x/alpha) - x/alpha``; subnormal ``x`` counts as 0, and
       the difference and the product are flushed to zero when subnormal), 0
-      for NaN ``x``. Only IEEE subtract, multiply and comparisons, in an order
-      no FMA contraction can change, so every backend gives the same bits.
+      for NaN ``x``. Unsigned: 0 for every ``x < 0`` (``y`` is the constant 0
+      there) instead. Only IEEE subtract, multiply and comparisons, in an
+      order no FMA contraction can change, so every backend gives the same bits.
     """
     x = _levels.flush_subnormal(x.astype(jnp.float32))
     alpha = jnp.asarray(alpha, jnp.float32)
@@ -209,6 +253,8 @@ def alpha_grad_elements(x: jax.Array, alpha: jax.Array, y: jax.Array) -> jax.Arr
     inside = _levels.flush_subnormal(diff * reciprocal(alpha))
     outside = jnp.where(x > 0, jnp.float32(1), jnp.float32(-1))
     g = jnp.where(ste_mask(x, alpha), inside, outside)
+    if scheme == "unsigned":
+        g = jnp.where(x < 0, jnp.float32(0), g)
     return jnp.where(jnp.isnan(x), jnp.float32(0), g)
 
 
@@ -249,8 +295,10 @@ def _broadcast_channel(alpha: jax.Array, ndim: int, channel_axis: int | None) ->
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _learnable(x: jax.Array, alpha: jax.Array, config: tuple[int, int, int | None]) -> jax.Array:
-    b, k, channel_axis = config
+def _learnable(x: jax.Array, alpha: jax.Array, config: tuple[int, int, int | None, str]) -> jax.Array:
+    b, k, channel_axis, scheme = config
+    if scheme == "unsigned":
+        return _quantizer.quant_dequant(x, unsigned_qparams(alpha, b=b, k=k))
     return quant_dequant(x, sign_magnitude_qparams(alpha, b=b, k=k), channel_axis)
 
 
@@ -261,10 +309,10 @@ def _learnable_fwd(x, alpha, config):
 
 def _learnable_bwd(config, residuals, dy):
     x, alpha, y = residuals
-    channel_axis = config[2]
+    _, _, channel_axis, scheme = config
     a = _broadcast_channel(jnp.asarray(alpha, jnp.float32), x.ndim, channel_axis)
     dx = jnp.where(ste_mask(x, a), dy, jnp.zeros_like(dy))
-    contributions = _levels.flush_subnormal(dy.astype(jnp.float32) * alpha_grad_elements(x, a, y))
+    contributions = _levels.flush_subnormal(dy.astype(jnp.float32) * alpha_grad_elements(x, a, y, scheme))
     if channel_axis is None:
         dalpha = pairwise_sum(contributions, tuple(range(x.ndim))).reshape(())
     else:
@@ -277,30 +325,44 @@ _learnable.defvjp(_learnable_fwd, _learnable_bwd)
 
 
 def learnable_fake_quantize(
-    x: jax.Array, alpha: jax.Array, *, b: int, k: int, channel_axis: int | None = None
+    x: jax.Array,
+    alpha: jax.Array,
+    *,
+    b: int,
+    k: int,
+    channel_axis: int | None = None,
+    scheme: str = "sign-magnitude",
 ) -> jax.Array:
-    """Sign-magnitude fake quant with a trainable clipping value.
+    """APoT fake quant with a trainable clipping value.
 
     Args:
       x: floating array (f32, bf16, f16), any shape.
       alpha: float32 scalar, or ``(C,)`` with ``C = x.shape[channel_axis]``.
-      b, k: bits (sign included) and base width of the magnitude (``k | b - 1``).
+      b, k: sign-magnitude: bits (sign included) and base width of the
+        magnitude (``k | b - 1``); unsigned: the APoT table's (``k | b``).
       channel_axis: ``None`` (per tensor) or the axis of ``x`` that ``alpha``
-        runs along.
+        runs along (sign-magnitude only).
+      scheme: ``"sign-magnitude"`` (weights) or ``"unsigned"`` (activations:
+        the unsigned ``(b, k)`` levels, negative inputs give 0).
 
     Returns:
-      ``quant_dequant(x, sign_magnitude_qparams(alpha))``, shaped and typed
-      like ``x``. Gradients: ``dx = dy * (|x| <= alpha)``; ``dalpha`` the
-      :func:`pairwise_sum` of ``dy * alpha_grad_elements(x, alpha, y)``
-      (products flushed when subnormal) over the tensor (per channel: over
-      every axis but ``channel_axis``), so it is bitwise reproducible too.
+      ``quant_dequant`` of ``x`` with the scheme's qparams for ``alpha``,
+      shaped and typed like ``x``. Gradients: ``dx = dy * (|x| <= alpha)``;
+      ``dalpha`` the :func:`pairwise_sum` of ``dy * alpha_grad_elements(x,
+      alpha, y, scheme)`` (products flushed when subnormal) over the tensor
+      (per channel: over every axis but ``channel_axis``), so it is bitwise
+      reproducible too.
     """
     _as_float32(x, "learnable_fake_quantize")
-    sign_magnitude_table(b, k)
+    _check_scheme(scheme, b, k)
     alpha = jnp.asarray(alpha, jnp.float32)
     if channel_axis is not None:
+        if scheme != "sign-magnitude":
+            raise ValueError("per-channel alpha is for sign-magnitude weights")
         _channel_axis(channel_axis, jnp.ndim(x))
-    return _learnable(x, alpha, (int(b), int(k), channel_axis))
+    elif alpha.ndim != 0:
+        raise ValueError(f"per-tensor quantization needs a scalar alpha, got shape {alpha.shape}")
+    return _learnable(x, alpha, (int(b), int(k), channel_axis, scheme))
 
 
 # --------------------------------------------------------------------------
@@ -374,8 +436,10 @@ def paper_weight_quant(
 
 
 __all__ = [
+    "SCHEMES",
     "SignMagnitudeQParams",
     "alpha_grad_elements",
+    "check_learnable",
     "dequantize",
     "learnable_fake_quantize",
     "normalize_weight",
@@ -385,4 +449,5 @@ __all__ = [
     "quantize",
     "reciprocal",
     "sign_magnitude_qparams",
+    "unsigned_qparams",
 ]

@@ -96,6 +96,9 @@ class QuantConfig:
       weight_k: paper recipe: base width of the ``bits - 1`` magnitude bits
         (``None``: 2 where it divides ``bits - 1``, else 1).
       per_channel: paper recipe: one alpha per output feature.
+      learn_activation_alpha: paper recipe: the activations' alpha is learnt
+        too (``input_quant="apot-paper"``: unsigned ``(bits, k)`` levels, as
+        in the paper) instead of observed.
     """
 
     bits: int | None = None
@@ -106,6 +109,7 @@ class QuantConfig:
     recipe: str = "prototype"
     weight_k: int | None = None
     per_channel: bool = False
+    learn_activation_alpha: bool = False
 
     def __post_init__(self) -> None:
         if self.quantize not in ("weights", "activations", "both"):
@@ -118,6 +122,8 @@ class QuantConfig:
             raise ValueError("the paper recipe is an APoT recipe (scheme='apot')")
         if self.recipe == "paper" and self.bits is not None:
             sign_magnitude_table(self.bits, self.magnitude_k)
+        if self.learn_activation_alpha and self.recipe != "paper":
+            raise ValueError("learn_activation_alpha is part of the paper recipe (recipe='paper')")
 
     @property
     def magnitude_k(self) -> int | None:
@@ -134,7 +140,9 @@ class QuantConfig:
 
     @property
     def input_quant(self) -> str | None:
-        return self.scheme if self.bits is not None and self.quantize in ("activations", "both") else None
+        if self.bits is None or self.quantize not in ("activations", "both"):
+            return None
+        return PAPER if self.learn_activation_alpha else self.scheme
 
 
 class MLP(nn.Module):
@@ -202,7 +210,9 @@ class TrainState:
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, sample_x: jax.Array) -> TrainState:
     """Initial :class:`TrainState` (``sample_x``: a batch giving the input shape)."""
-    variables = model.init(rng, sample_x)
+    # jitted: an APoT model's unjitted init dispatches every op of the fake
+    # quants one by one (6 to 12 s per model on 2 CPU cores)
+    variables = jax.jit(model.init)(rng, sample_x)
     params = variables["params"]
     return TrainState(
         step=jnp.int32(0),
@@ -334,6 +344,47 @@ def fit_paper_alphas(params: Any, quant: QuantConfig, candidates: int = 64) -> A
     return {name: replace(dict(layer)) for name, layer in params.items()}
 
 
+def fit_activation_alphas(
+    model: nn.Module, params: Any, float_model: nn.Module, float_params: Any, x: np.ndarray, candidates: int = 64
+) -> Any:
+    """Initial learnt activation alphas (``input_quant/alpha``) of ``model``,
+    by least squares on the float network's layer inputs.
+
+    The inputs of the float MLP's layers on ``x`` (the ReLU outputs of the
+    layer before; the data for the first) are quantized with the unsigned
+    APoT levels of each ``input_quant``; its alpha becomes the one of
+    ``candidates`` fractions in ``(0, 1]`` of the largest input that
+    minimises the squared error (clipping a long tail helps at low bits).
+    Returns ``params`` with those alphas replaced; layers without a learnt
+    input alpha are left as they are.
+    """
+    _, captured = float_model.apply(
+        {"params": float_params}, jnp.asarray(x), capture_intermediates=True, mutable=["intermediates"]
+    )
+    outputs = captured["intermediates"]
+    fractions = jnp.linspace(1.0 / candidates, 1.0, candidates, dtype=jnp.float32)
+    b, k = model.quant.bits, model.quant.k
+
+    @jax.jit
+    def best(inputs: jax.Array) -> jax.Array:
+        def error(alpha: jax.Array) -> jax.Array:
+            q = paper.learnable_fake_quantize(inputs, alpha, b=b, k=k, scheme="unsigned")
+            return jnp.sum(jnp.square(q - inputs))
+
+        grid = fractions * jnp.max(inputs)
+        return grid[jnp.argmin(jax.lax.map(error, grid))]
+
+    out = {}
+    for name, layer in params.items():
+        layer = dict(layer)
+        if "alpha" in layer.get("input_quant", {}):
+            i = int(name.removeprefix("dense"))
+            inputs = jnp.asarray(x, jnp.float32) if i == 0 else nn.relu(outputs[f"dense{i - 1}"]["__call__"][0])
+            layer["input_quant"] = {**layer["input_quant"], "alpha": best(inputs)}
+        out[name] = layer
+    return out
+
+
 def time_step(
     step_fn: Callable[..., tuple[TrainState, Any]], state: TrainState, x: jax.Array, y: jax.Array, steps: int
 ) -> float:
@@ -381,6 +432,7 @@ __all__ = [
     "accuracy",
     "calibrate",
     "epoch_batches",
+    "fit_activation_alphas",
     "fit_paper_alphas",
     "init_state",
     "load_digits_split",

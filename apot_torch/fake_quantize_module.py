@@ -19,7 +19,13 @@ from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 from apot_common.tables import level_table, sign_magnitude_table
 from apot_torch.fake_quantize_function import fake_quantize_function
 from apot_torch.observer import APoTObserver, observed_alpha
-from apot_torch.paper import learnable_fake_quantize, paper_weight_quant, sign_magnitude_qparams
+from apot_torch.paper import (
+    check_learnable,
+    learnable_fake_quantize,
+    paper_weight_quant,
+    sign_magnitude_qparams,
+    unsigned_qparams,
+)
 
 
 class APoTFakeQuantize(FakeQuantizeBase):
@@ -206,20 +212,24 @@ class SignMagnitudeFakeQuantize(FakeQuantizeBase):
 
 
 class LearnableAPoTFakeQuantize(FakeQuantizeBase):
-    """The paper's weight fake quant (``apot_torch.paper``): sign-magnitude
-    levels, a learnable ``alpha`` (an ``nn.Parameter``), optional weight
-    normalization and per-channel alpha. Twin of
-    ``apot_jax.fake_quantize_module.LearnableAPoTFakeQuantize``.
+    """The paper's fake quant with a learnt alpha (``apot_torch.paper``):
+    sign-magnitude weight levels, a learnable ``alpha`` (an ``nn.Parameter``),
+    optional weight normalization and per-channel alpha; or, with
+    ``scheme="unsigned", normalize=False``, activations on the unsigned APoT
+    levels. Twin of ``apot_jax.fake_quantize_module.LearnableAPoTFakeQuantize``.
 
     Args:
-      b, k: bits including the sign, and base width of the ``b - 1``
-        magnitude bits (``k`` must divide ``b - 1``).
-      normalize: normalize the input first (and scale back by its std).
+      b, k: sign-magnitude: bits including the sign, and base width of the
+        ``b - 1`` magnitude bits (``k`` must divide ``b - 1``); unsigned: the
+        APoT table's (``k`` divides ``b``).
+      normalize: normalize the input first (and scale back by its std);
+        sign-magnitude only.
       channel_axis: ``None`` for one alpha, else the axis with one alpha per
         entry (``0`` for an ``nn.Linear`` weight ``(out, in)``); needs
-        ``channels``.
+        ``channels``; sign-magnitude only.
       channels: number of alphas along ``channel_axis``.
       alpha_init: initial alpha (the paper starts weights at 3.0).
+      scheme: ``"sign-magnitude"`` (weights) or ``"unsigned"`` (activations).
       dtype: the quantized dtype reported to torch.ao (unused by the numerics).
       factory_kwargs: what torch.ao's QAT modules pass; the parameter goes to
         that device and stays float32.
@@ -240,14 +250,16 @@ class LearnableAPoTFakeQuantize(FakeQuantizeBase):
         channel_axis: int | None = None,
         channels: int | None = None,
         alpha_init: float = 3.0,
+        scheme: str = "sign-magnitude",
         dtype: torch.dtype = torch.qint8,
         factory_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
-        sign_magnitude_table(b, k)  # ValueError now
+        check_learnable(b, k, scheme, normalize, channel_axis)  # ValueError now
         if (channel_axis is None) != (channels is None):
             raise ValueError("give channels exactly when channel_axis is given")
         self.b, self.k, self.normalize, self.channel_axis = int(b), int(k), bool(normalize), channel_axis
+        self.scheme = scheme
         self.dtype = dtype
         shape = () if channels is None else (int(channels),)
         self.alpha = torch.nn.Parameter(torch.full(shape, float(alpha_init), dtype=torch.float32))
@@ -257,15 +269,21 @@ class LearnableAPoTFakeQuantize(FakeQuantizeBase):
 
     @torch.jit.unused
     def calculate_qparams(self):  # type: ignore[override]
-        """The sign-magnitude qparams of the current alpha (no gradient)."""
+        """The scheme's qparams of the current alpha (no gradient):
+        ``SignMagnitudeQParams``, or the unsigned ``(alpha, gamma, levels,
+        level_indices)``."""
+        if self.scheme == "unsigned":
+            return unsigned_qparams(self.alpha.detach(), b=self.b, k=self.k)
         return sign_magnitude_qparams(self.alpha.detach(), b=self.b, k=self.k)
 
     def forward(self, X: Tensor) -> Tensor:  # noqa: N803 (torch.ao name)
         if self.fake_quant_enabled[0] != 1:
             return X
+        if self.scheme == "unsigned":
+            return learnable_fake_quantize(X, self.alpha, b=self.b, k=self.k, scheme="unsigned")
         return paper_weight_quant(
             X, self.alpha, b=self.b, k=self.k, normalize=self.normalize, channel_axis=self.channel_axis
         )
 
     def extra_repr(self) -> str:
-        return f"b={self.b}, k={self.k}, normalize={self.normalize}, channel_axis={self.channel_axis}"
+        return f"b={self.b}, k={self.k}, scheme={self.scheme}, normalize={self.normalize}, channel_axis={self.channel_axis}"

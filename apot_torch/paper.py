@@ -13,10 +13,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from apot_common.tables import sign_magnitude_table
+from apot_common.tables import level_table, sign_magnitude_table
 from apot_torch import levels as _levels
 from apot_torch.fake_quantize_function import ste_mask
-from apot_torch.quantizer import _lookup, as_float32
+from apot_torch.quantizer import APoTQuantizer, _lookup, as_float32
+
+#: The learnable fake quant's level sets (``apot_jax.paper.SCHEMES``).
+SCHEMES = ("sign-magnitude", "unsigned")
 
 
 class SignMagnitudeQParams(NamedTuple):
@@ -47,6 +50,34 @@ def sign_magnitude_qparams(alpha: Tensor, *, b: int, k: int) -> SignMagnitudeQPa
     mag = _levels.levels(g, table.magnitude)
     lv = torch.cat([-mag[..., 1:].flip(-1), mag], dim=-1)
     return SignMagnitudeQParams(alpha, g, lv, table.b, table.k)
+
+
+def unsigned_qparams(alpha: Tensor, *, b: int, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(alpha, gamma, quantization_levels, level_indices)`` of the unsigned
+    ``(b, k)`` APoT table for a clipping value ``alpha`` (float32 scalar), as
+    ``apot_jax.paper.unsigned_qparams``."""
+    table = level_table(b, k, False)
+    alpha = _levels.positive_zero(alpha.detach().to(torch.float32))
+    g = _levels.gamma(alpha, table.p_sum)
+    return alpha, g, _levels.levels(g, table), torch.tensor(table.level_indices, device=alpha.device)
+
+
+def check_learnable(b: int, k: int, scheme: str, normalize: bool, channel_axis: int | None) -> None:
+    """``ValueError`` for a configuration the learnable modules cannot run:
+    a bad ``(b, k)`` for the scheme, or normalization / per-channel alpha
+    with the unsigned (activation) scheme."""
+    _check_scheme(scheme, b, k)
+    if scheme == "unsigned" and (normalize or channel_axis is not None):
+        raise ValueError("the unsigned (activation) scheme takes neither normalize nor channel_axis")
+
+
+def _check_scheme(scheme: str, b: int, k: int) -> None:
+    if scheme == "sign-magnitude":
+        sign_magnitude_table(b, k)
+    elif scheme == "unsigned":
+        level_table(b, k, False)
+    else:
+        raise ValueError(f"scheme must be one of {', '.join(map(repr, SCHEMES))}, got {scheme!r}")
 
 
 def _channel_axis(channel_axis: int, ndim: int) -> int:
@@ -173,16 +204,19 @@ def reciprocal(alpha: Tensor) -> Tensor:
     return torch.where((alpha < 0) | torch.isnan(alpha), float("nan"), r)
 
 
-def alpha_grad_elements(x: Tensor, alpha: Tensor, y: Tensor) -> Tensor:
+def alpha_grad_elements(x: Tensor, alpha: Tensor, y: Tensor, scheme: str = "sign-magnitude") -> Tensor:
     """Per-element ``d y / d alpha`` (see ``apot_jax.paper.alpha_grad_elements``):
     ``sign(x)`` outside ``[-alpha, alpha]``, ``(y - x) * reciprocal(alpha)``
-    inside (subnormals flushed), 0 for NaN ``x``; float32 like ``x``."""
+    inside (subnormals flushed), 0 for NaN ``x`` (and, unsigned, for
+    ``x < 0``); float32 like ``x``."""
     x = _levels.flush_subnormal(x.to(torch.float32))
     alpha = alpha.to(torch.float32)
     diff = _levels.flush_subnormal(y.to(torch.float32) - x)
     inside = _levels.flush_subnormal(diff * reciprocal(alpha))
     outside = torch.where(x > 0, 1.0, -1.0)
     g = torch.where(ste_mask(x, alpha), inside, outside)
+    if scheme == "unsigned":
+        g = torch.where(x < 0, 0.0, g)
     return torch.where(torch.isnan(x), 0.0, g)
 
 
@@ -211,20 +245,23 @@ def _broadcast_channel(alpha: Tensor, ndim: int, channel_axis: int | None) -> Te
 
 
 class learnable_fake_quantize_function(torch.autograd.Function):  # noqa: N801 (torch.ao naming)
-    """``y = quant_dequant(x, sign_magnitude_qparams(alpha))``;
+    """``y = quant_dequant`` of ``x`` with the scheme's qparams for ``alpha``;
     ``dx = dy * (|x| <= alpha)``, ``dalpha = pairwise_sum(dy *
     alpha_grad_elements)`` over the tensor (per channel: over every dim but
     ``channel_axis``), bitwise equal to ``apot_jax``.
 
-    ``apply(x, alpha, b, k, channel_axis)``: ``x`` floating, any shape;
-    ``alpha`` float32 scalar or ``(C,)``. Output: shape and dtype of ``x``.
+    ``apply(x, alpha, b, k, channel_axis, scheme)``: ``x`` floating, any
+    shape; ``alpha`` float32 scalar or ``(C,)``. Output: shape and dtype of ``x``.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None):
+    def forward(ctx, x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None, scheme: str):
         as_float32(x, "learnable_fake_quantize")
-        y = quant_dequant(x, sign_magnitude_qparams(alpha, b=b, k=k), channel_axis)
-        ctx.channel_axis = channel_axis
+        if scheme == "unsigned":
+            y = APoTQuantizer(*unsigned_qparams(alpha, b=b, k=k)).quant_dequant(x)
+        else:
+            y = quant_dequant(x, sign_magnitude_qparams(alpha, b=b, k=k), channel_axis)
+        ctx.channel_axis, ctx.scheme = channel_axis, scheme
         ctx.save_for_backward(x, alpha, y)
         return y
 
@@ -235,23 +272,31 @@ class learnable_fake_quantize_function(torch.autograd.Function):  # noqa: N801 (
         a = _broadcast_channel(alpha.detach().to(torch.float32), x.dim(), channel_axis)
         grad_x = torch.where(ste_mask(x, a), grad_output, 0.0)
         if not ctx.needs_input_grad[1]:  # an observed (constant) alpha
-            return grad_x, None, None, None, None
-        contributions = _levels.flush_subnormal(grad_output.to(torch.float32) * alpha_grad_elements(x, a, y))
+            return grad_x, None, None, None, None, None
+        elements = alpha_grad_elements(x, a, y, ctx.scheme)
+        contributions = _levels.flush_subnormal(grad_output.to(torch.float32) * elements)
         if channel_axis is None:
             grad_alpha = pairwise_sum(contributions, list(range(x.dim()))).reshape(())
         else:
             axis = _channel_axis(channel_axis, x.dim())
             grad_alpha = pairwise_sum(contributions, [i for i in range(x.dim()) if i != axis]).reshape(-1)
-        return grad_x, grad_alpha.to(alpha.dtype), None, None, None
+        return grad_x, grad_alpha.to(alpha.dtype), None, None, None, None
 
 
-def learnable_fake_quantize(x: Tensor, alpha: Tensor, *, b: int, k: int, channel_axis: int | None = None) -> Tensor:
-    """Sign-magnitude fake quant with a trainable ``alpha`` (see
+def learnable_fake_quantize(
+    x: Tensor, alpha: Tensor, *, b: int, k: int, channel_axis: int | None = None, scheme: str = "sign-magnitude"
+) -> Tensor:
+    """APoT fake quant with a trainable ``alpha``: sign-magnitude weights or
+    (``scheme="unsigned"``) the unsigned table for activations (see
     ``apot_jax.paper.learnable_fake_quantize`` for shapes and gradients)."""
-    sign_magnitude_table(b, k)
+    _check_scheme(scheme, b, k)
     if channel_axis is not None:
+        if scheme != "sign-magnitude":
+            raise ValueError("per-channel alpha is for sign-magnitude weights")
         _channel_axis(channel_axis, x.dim())
-    return learnable_fake_quantize_function.apply(x, alpha, int(b), int(k), channel_axis)
+    elif alpha.dim() != 0:
+        raise ValueError(f"per-tensor quantization needs a scalar alpha, got shape {tuple(alpha.shape)}")
+    return learnable_fake_quantize_function.apply(x, alpha, int(b), int(k), channel_axis, scheme)
 
 
 # --------------------------------------------------------------------------
@@ -299,8 +344,10 @@ def paper_weight_quant(
 
 
 __all__ = [
+    "SCHEMES",
     "SignMagnitudeQParams",
     "alpha_grad_elements",
+    "check_learnable",
     "dequantize",
     "learnable_fake_quantize",
     "learnable_fake_quantize_function",
@@ -311,4 +358,5 @@ __all__ = [
     "reciprocal",
     "quantize",
     "sign_magnitude_qparams",
+    "unsigned_qparams",
 ]

@@ -17,11 +17,11 @@ table (``APoTFakeQuantize(signed=True)``) instead.
 The ``apot_sign_magnitude_qconfig_*`` configurations give weights the
 paper's true ``b``-bit signed levels (``SignMagnitudeFakeQuantize``: sign plus
 the APoT levels of ``b - 1`` bits, ``2**b - 1`` symmetric levels) with the
-observed alpha, and the ``apot_paper_qconfig_*`` configurations use the paper's weight recipe
-(``LearnableAPoTFakeQuantize``: sign-magnitude ``b``-bit weights, learnable
-alpha, weight normalization) with APoT activations of the same bits (the
-prototype's observer-based unsigned fake quant), like ``apot qat --recipe
-paper``.
+observed alpha and the prototype's observer-based activations. The
+``apot_paper_qconfig_*`` configurations use the paper's recipe
+(``LearnableAPoTFakeQuantize``): sign-magnitude ``b``-bit weights with a
+learnable alpha after weight normalization, and unsigned APoT activations of
+the same bits with a learnable alpha, like ``apot qat --recipe paper``.
 """
 
 from __future__ import annotations
@@ -90,12 +90,14 @@ apot_sign_magnitude_qconfig_2bit = QConfig(
 
 # The paper's recipe: sign-magnitude weights (magnitude k = 2 for 3 bits,
 # k = 1 for 2 bits: ternary), learnable alpha, weight normalization; APoT
-# activations of the same bits (k = 1 at 3 bits, k = 2 at 2 bits).
+# activations of the same bits (k = 1 at 3 bits, k = 2 at 2 bits) with a
+# learnable alpha too, starting at 8.0.
+_paper_activation = LearnableAPoTFakeQuantize.with_args(scheme="unsigned", normalize=False, alpha_init=8.0, dtype=torch.quint8)
 apot_paper_qconfig_3bit = QConfig(
-    activation=APoTFakeQuantize.with_args(b=3, k=1, dtype=torch.quint8),
+    activation=_paper_activation.with_args(b=3, k=1),
     weight=LearnableAPoTFakeQuantize.with_args(b=3, k=2),
 )
 apot_paper_qconfig_2bit = QConfig(
-    activation=APoTFakeQuantize.with_args(b=2, k=2, dtype=torch.quint8),
+    activation=_paper_activation.with_args(b=2, k=2),
     weight=LearnableAPoTFakeQuantize.with_args(b=2, k=1),
 )

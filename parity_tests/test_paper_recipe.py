@@ -1,6 +1,6 @@
 """Parity of the paper recipe (``docs/numerics.md`` section 9): sign-magnitude
 qparams, codes and fake quant, the learnable-alpha gradients (per element and
-summed), weight normalization, per-channel alpha, the Flax / torch
+summed; weights and activations), weight normalization, per-channel alpha, the Flax / torch
 fake-quant modules and the export, ``apot_jax`` against ``apot_torch`` through
 their public APIs, every pair of JAX and torch backends. Everything is
 bitwise: the sums (alpha's gradient, the normalization statistics) have a
@@ -76,6 +76,47 @@ def test_sign_magnitude_forward_codes_and_alpha_gradient(jax_backend, torch_back
             compare("grad_alpha", np.asarray(jda), tb.to_numpy(at.grad)),
         ]
         parity.record(f"{jax_backend.name}~{tb.name}", f"sign-magnitude b={b} k={k} alpha={alpha}", comps)
+
+
+@pytest.mark.parametrize("config", [(4, 2), (3, 1), (2, 2), (8, 2)], ids=_ids)
+def test_learnable_activation_alpha(jax_backend, torch_backend, config, parity):
+    """The unsigned (activation) scheme with a learnt alpha: forward, x and
+    alpha gradients, per-element alpha gradients, for inputs of both signs,
+    in float32 and bfloat16."""
+    b, k = config
+    tb = torch_backend
+    for alpha, dtype in ((0.37, "float32"), (2.5, "float32"), (1.0, "bfloat16")):
+        x = _inputs(10 + b, (301,), alpha)
+        x[7:10] = [np.nan, np.inf, -np.inf]
+        dy = np.random.default_rng(b + 2).normal(size=x.shape).astype(np.float32)
+
+        @jax.jit
+        def run(x, a, dy):
+            f = lambda v, s: jpaper.learnable_fake_quantize(v, s, b=b, k=k, scheme="unsigned")  # noqa: E731
+            y, vjp = jax.vjp(f, x, a)
+            dx, da = vjp(dy.astype(x.dtype))
+            elements = jpaper.alpha_grad_elements(x.astype(jnp.float32), a, y.astype(jnp.float32), "unsigned")
+            return jpaper.unsigned_qparams(a, b=b, k=k).quantization_levels, y, dx, da, elements
+
+        x_in = x.astype(jnp.bfloat16) if dtype == "bfloat16" else x
+        with jax.default_device(jax_backend.device):
+            jl, jy, jdx, jda, jel = run(
+                jax.device_put(x_in, jax_backend.device), jnp.float32(alpha), jax.device_put(dy, jax_backend.device)
+            )
+        xt = tb.to_torch(np.asarray(x_in, np.float32))
+        xt = (xt.to(torch.bfloat16) if dtype == "bfloat16" else xt).requires_grad_(True)
+        at = torch.tensor(alpha, dtype=torch.float32, device=tb.device, requires_grad=True)
+        yt = tpaper.learnable_fake_quantize(xt, at, b=b, k=k, scheme="unsigned")
+        yt.backward(tb.to_torch(dy).to(yt.dtype))
+        tel = tpaper.alpha_grad_elements(xt.detach().float(), at.detach(), yt.detach().float(), "unsigned")
+        comps = [
+            compare("levels", np.asarray(jl), tb.to_numpy(tpaper.unsigned_qparams(at, b=b, k=k)[2])),
+            compare("fake_quant", np.asarray(jy, np.float32), tb.to_numpy(yt.float())),
+            compare("grad_x", np.asarray(jdx, np.float32), tb.to_numpy(xt.grad.float())),
+            compare("alpha_grad_elements", np.asarray(jel), tb.to_numpy(tel)),
+            compare("grad_alpha", np.asarray(jda), tb.to_numpy(at.grad)),
+        ]
+        parity.record(f"{jax_backend.name}~{tb.name}", f"learnable unsigned b={b} k={k} alpha={alpha} {dtype}", comps)
 
 
 @pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])

@@ -63,10 +63,10 @@ def _ftz(a: np.ndarray) -> np.ndarray:
     return np.where(np.abs(a) < np.finfo(np.float32).tiny, a * np.float32(0), a).astype(np.float32)
 
 
-def reference_alpha_grad_elements(x: np.ndarray, alpha: float, y: np.ndarray) -> np.ndarray:
+def reference_alpha_grad_elements(x: np.ndarray, alpha: float, y: np.ndarray, unsigned: bool = False) -> np.ndarray:
     """Per-element ``dy/dalpha`` in numpy float32 (gradual underflow, then
     flushed): ``sign(x)`` outside ``[-alpha, alpha]``, ``fl(fl(y - x) * fl(1/alpha))``
-    inside, 0 for NaN."""
+    inside, 0 for NaN; ``unsigned``: 0 for every ``x < 0`` (``y`` is 0 there)."""
     x = _ftz(np.asarray(x, np.float32))
     alpha = np.float32(alpha)
     r = reference_reciprocal(np.array([alpha]))[0] if alpha > 0 else np.float32(0)
@@ -74,6 +74,8 @@ def reference_alpha_grad_elements(x: np.ndarray, alpha: float, y: np.ndarray) ->
         inside = _ftz(_ftz(np.asarray(y, np.float32) - x) * r)
         is_inside = np.abs(x) <= alpha
     g = np.where(is_inside, inside, np.where(x > 0, np.float32(1), np.float32(-1))).astype(np.float32)
+    if unsigned:
+        g = np.where(x < 0, np.float32(0), g)
     return np.where(np.isnan(x), np.float32(0), g)
 
 

@@ -22,7 +22,7 @@ from apot_jax.fake_quantize_module import (
     set_flags,
 )
 from apot_jax.layers import APoTConv, APoTDense, NNXAPoTConv, NNXAPoTDense
-from tests.reference import adversarial_inputs
+from tests.reference import adversarial_inputs, reference_qparams, reference_quantize
 from tests.reference_paper import (
     reference_alpha_grad_elements,
     reference_normalize,
@@ -226,7 +226,7 @@ def test_dense_layers_with_the_paper_scheme():
     with pytest.raises(ValueError, match="weight_quant"):
         APoTDense(7, weight_quant="apot-sm")
     with pytest.raises(ValueError, match="input_quant"):
-        APoTDense(7, input_quant="apot-paper")
+        APoTDense(7, input_quant="apot-sm")
     with pytest.raises(ValueError, match="divide"):
         APoTDense(7, b=3, weight_quant="apot-paper", weight_k=3)
 
@@ -319,3 +319,63 @@ def test_conv_export_gives_the_fake_quant_layer_output(per_channel):
         export.dense_from_codes(image, exported)
     with pytest.raises(ValueError, match="2-D"):
         export.shift_add_matmul(np.ones((2, 3), np.int64), exported)
+
+
+@pytest.mark.parametrize("b, k", [(4, 2), (3, 1), (2, 2), (8, 2)])
+def test_learnable_activation_alpha_is_the_reference(b, k):
+    """The unsigned (activation) scheme: forward, x gradient, per-element and
+    summed alpha gradient against the rational reference, bit for bit."""
+    rng = np.random.default_rng(20 + b)
+    alpha = np.float32(1.37)
+    _, _, levels, indices = reference_qparams(0.0, alpha, b, k, False)
+    x = adversarial_inputs(alpha, levels, rng, n_random=500)
+    x = np.concatenate([x, -x[:200]])  # negative inputs: 0, and no alpha gradient
+    x = np.where(np.isfinite(x), x, 0).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    _, ref_y = reference_quantize(x, alpha, levels, indices)
+    qp = paper.unsigned_qparams(alpha, b=b, k=k)
+    assert np.array_equal(bits(qp.quantization_levels), bits(levels))
+    y = jax.jit(lambda v, a: paper.learnable_fake_quantize(v, a, b=b, k=k, scheme="unsigned"))(
+        jnp.asarray(x), jnp.float32(alpha)
+    )
+    assert np.array_equal(bits(y), bits(ref_y))
+    ref_g = reference_alpha_grad_elements(x, alpha, ref_y, unsigned=True)
+    g = paper.alpha_grad_elements(jnp.asarray(x), alpha, jnp.asarray(ref_y), "unsigned")
+    assert np.array_equal(bits(g), bits(ref_g))
+    assert (ref_g[x < 0] == 0).all() and (ref_g[x > alpha] == 1).all()
+
+    def loss(v, a):
+        return jnp.sum(paper.learnable_fake_quantize(v, a, b=b, k=k, scheme="unsigned") * dy)
+
+    dx, dalpha = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(x), jnp.float32(alpha))
+    mag = np.where(np.abs(x) < np.finfo(np.float32).tiny, 0, np.abs(x))
+    assert np.array_equal(bits(dx), bits(np.where(mag <= alpha, dy, 0)))
+    assert bits(dalpha) == bits(reference_pairwise_sum(dy * ref_g))
+    with pytest.raises(ValueError, match="multiple"):
+        paper.learnable_fake_quantize(jnp.asarray(x), alpha, b=3, k=2, scheme="unsigned")
+    with pytest.raises(ValueError, match="scheme"):
+        paper.learnable_fake_quantize(jnp.asarray(x), alpha, b=3, k=2, scheme="signed")
+    with pytest.raises(ValueError, match="per-channel"):
+        paper.learnable_fake_quantize(jnp.asarray(x).reshape(-1, 1), jnp.ones(1), b=4, k=2, channel_axis=1, scheme="unsigned")
+
+
+def test_layers_learn_the_activation_alpha():
+    x = jnp.asarray(np.random.default_rng(9).uniform(0, 2, (8, 10)).astype(np.float32))
+    layer = APoTDense(5, b=4, k=2, weight_quant="apot-paper", input_quant="apot-paper", input_alpha_init=1.5)
+    variables = layer.init(jax.random.key(0), x)
+    assert set(variables) == {"params"}  # learnt alphas only, no observer state
+    assert float(variables["params"]["input_quant"]["alpha"]) == 1.5
+    twin = NNXAPoTDense(10, 5, b=4, k=2, weight_quant="apot-paper", input_quant="apot-paper", input_alpha_init=1.5,
+                        rngs=nnx.Rngs(0))  # fmt: skip
+    twin.kernel[...] = variables["params"]["kernel"]
+    assert np.array_equal(bits(layer.apply(variables, x)), bits(twin(x)))
+    grads = jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, x) ** 2))(variables["params"])
+    # x has entries above 1.5: the activation alpha gets a nonzero gradient
+    assert float(grads["input_quant"]["alpha"]) != 0.0
+    # the layer's input quant is the unsigned learnable fake quant itself
+    quantized = paper.learnable_fake_quantize(x, jnp.float32(1.5), b=4, k=2, scheme="unsigned")
+    kernel = paper.paper_weight_quant(variables["params"]["kernel"], variables["params"]["weight_quant"]["alpha"], b=4, k=1)
+    expected = jnp.matmul(quantized, kernel) + variables["params"]["bias"]
+    assert np.array_equal(bits(layer.apply(variables, x)), bits(expected))
+    with pytest.raises(ValueError, match="multiple"):
+        APoTDense(5, b=3, k=2, input_quant="apot-paper")

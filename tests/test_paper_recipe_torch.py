@@ -11,7 +11,7 @@ from torch.ao.quantization import prepare_qat
 
 from apot_torch import export, paper, qconfig
 from apot_torch.fake_quantize_module import LearnableAPoTFakeQuantize, SignMagnitudeFakeQuantize
-from tests.reference import adversarial_inputs
+from tests.reference import adversarial_inputs, reference_qparams, reference_quantize
 from tests.reference_paper import (
     reference_alpha_grad_elements,
     reference_normalize,
@@ -137,8 +137,13 @@ def test_learnable_module_in_a_qat_model():
     fq = qat[0].weight_fake_quant
     assert isinstance(fq, LearnableAPoTFakeQuantize) and fq.b == 3 and fq.k == 2
     assert "0.weight_fake_quant.alpha" in dict(qat.named_parameters())
-    qat(torch.rand(4, 16)).sum().backward()
+    act = qat[0].activation_post_process  # the paper learns the activations' alpha too
+    assert isinstance(act, LearnableAPoTFakeQuantize) and (act.b, act.k, act.scheme) == (3, 1, "unsigned")
+    out = qat(torch.rand(4, 16) * 8)
+    out.sum().backward()
     assert fq.alpha.grad is not None and torch.isfinite(fq.alpha.grad)
+    assert act.alpha.grad is not None and torch.isfinite(act.alpha.grad)
+    assert torch.unique(qat[0](torch.rand(64, 16) * 8)).numel() <= 8  # 3-bit unsigned levels
     # 2-bit: ternary weights
     weights = LearnableAPoTFakeQuantize(2, 1, alpha_init=1.0)(torch.randn(64, 3))
     assert torch.unique(weights).numel() <= 3
@@ -239,3 +244,32 @@ def test_conv_export_matches_the_fake_quant_conv(per_channel):
         export.linear_from_codes(x, exported)
     with pytest.raises(ValueError, match="3-D to 5-D"):
         export.conv_from_codes(x, export.export_weight(weight[:, :, 0, 0], alpha, b=3, k=2, per_channel=per_channel))
+
+
+@pytest.mark.parametrize("b, k", [(4, 2), (3, 1), (2, 2), (8, 2)])
+def test_learnable_activation_alpha_is_the_reference(b, k):
+    rng = np.random.default_rng(20 + b)
+    alpha = np.float32(1.37)
+    _, _, levels, indices = reference_qparams(0.0, alpha, b, k, False)
+    x = adversarial_inputs(alpha, levels, rng, n_random=500)
+    x = np.concatenate([x, -x[:200]])
+    x = np.where(np.isfinite(x), x, 0).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    _, ref_y = reference_quantize(x, alpha, levels, indices)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    at = torch.tensor(alpha, requires_grad=True)
+    y = paper.learnable_fake_quantize(xt, at, b=b, k=k, scheme="unsigned")
+    assert np.array_equal(bits(y), bits(ref_y))
+    y.backward(torch.from_numpy(dy))
+    ref_g = reference_alpha_grad_elements(x, alpha, ref_y, unsigned=True)
+    g = paper.alpha_grad_elements(torch.from_numpy(x), torch.tensor(alpha), torch.from_numpy(ref_y), "unsigned")
+    assert np.array_equal(bits(g), bits(ref_g))
+    mag = np.where(np.abs(x) < np.finfo(np.float32).tiny, 0, np.abs(x))
+    assert np.array_equal(bits(xt.grad), bits(np.where(mag <= alpha, dy, 0)))
+    assert bits(at.grad) == bits(reference_pairwise_sum(dy * ref_g))
+    # the module
+    module = LearnableAPoTFakeQuantize(b, k, scheme="unsigned", normalize=False, alpha_init=float(alpha))
+    assert np.array_equal(bits(module(torch.from_numpy(x))), bits(ref_y))
+    assert np.array_equal(bits(module.calculate_qparams()[2]), bits(levels))
+    with pytest.raises(ValueError, match="normalize"):
+        LearnableAPoTFakeQuantize(b, k, scheme="unsigned")

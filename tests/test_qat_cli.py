@@ -76,6 +76,19 @@ def test_qat_paper_recipe_rows_and_export_summary(tmp_path, capsys):
     assert export["test_accuracy"] == export["fake_quant_accuracy"] == data["results"][2]["test_accuracy"]
     assert f"{100 * export['test_accuracy']:.2f}%" in export_line and "888 bytes" in export_line
     assert [r["recipe"] for r in data["results"]] == [None, "prototype", "paper", "paper"]
+    assert data["config"]["paper_activations"] == "learnable"
+
+
+def test_qat_paper_recipe_with_observed_activation_alpha(tmp_path, capsys):
+    """--paper-activations observed: the paper rows' activations are the
+    prototype's observer-based fake quant; the table has the same shape."""
+    out = tmp_path / "run"
+    args = ["qat", "--recipe", "paper", "--paper-bits", "3", "--paper-activations", "observed", *TINY, "--out", str(out)]
+    assert main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3].split()[:5] == ["paper", "both", "3", "2/1", "7/8"]
+    data = json.loads((out / "results.json").read_text())
+    assert data["export"]["identical_logits"] is True
 
 
 def test_qat_refuses_bad_paper_bits(capsys):
