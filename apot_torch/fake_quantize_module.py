@@ -28,7 +28,57 @@ from apot_torch.paper import (
 )
 
 
-class APoTFakeQuantize(FakeQuantizeBase):
+class _ObservedFakeQuantize(FakeQuantizeBase):
+    """Shared forward of the observer-based fake quants: observe (if enabled),
+    refresh the qparam buffers from the statistics, fake-quantize (if enabled).
+
+    Subclasses hold an ``alpha`` buffer (NaN until the first observation) and
+    define ``_qparam_updates()`` (``(buffer, value)`` pairs from the
+    observer's statistics) and ``_fake_quantize(X)``.
+    """
+
+    alpha: Tensor
+
+    def forward(self, X: Tensor) -> Tensor:  # noqa: N803 (prototype name)
+        """Observe ``X`` (if enabled), then fake-quantize it (if enabled).
+
+        Raises:
+          RuntimeError: fake quant enabled but no qparams observed or loaded.
+        """
+        if self.observer_enabled[0] == 1:
+            self._observe(X.detach())
+        if self.fake_quant_enabled[0] == 1:
+            if bool(torch.isnan(self.alpha)):
+                raise RuntimeError(
+                    f"{type(self).__name__} has no qparams yet: run it with the observer enabled on data "
+                    "(or load a state_dict) before enabling fake quant"
+                )
+            X = self._fake_quantize(X)
+        return X
+
+    # Statistics and qparams run eagerly under torch.compile: they branch on
+    # data and build the static level table with numpy, which dynamo cannot
+    # trace; only the per-element fake quant is worth compiling.
+    @torch.compiler.disable
+    def _observe(self, X: Tensor) -> None:  # noqa: N803
+        """Update the statistics with ``X`` and the qparam buffers from them."""
+        observer = self.activation_post_process
+        observer(X)
+        # An empty or all-NaN first batch leaves nothing to compute qparams
+        # from; the buffers then stay unset rather than failing calibration.
+        if bool(observer.min_val <= observer.max_val):
+            with torch.no_grad():
+                for buffer, value in self._qparam_updates():
+                    buffer.copy_(value)
+
+    def _qparam_updates(self) -> list[tuple[Tensor, Tensor]]:
+        raise NotImplementedError
+
+    def _fake_quantize(self, X: Tensor) -> Tensor:  # noqa: N803
+        raise NotImplementedError
+
+
+class APoTFakeQuantize(_ObservedFakeQuantize):
     """Observe, recompute APoT qparams and fake-quantize, as one module.
 
     Args:
@@ -89,48 +139,21 @@ class APoTFakeQuantize(FakeQuantizeBase):
         """
         return self.activation_post_process.calculate_qparams(signed=self.signed if signed is None else signed)
 
-    def forward(self, X: Tensor) -> Tensor:  # noqa: N803 (prototype name)
-        """Observe ``X`` (if enabled), then fake-quantize it (if enabled).
+    def _qparam_updates(self) -> list[tuple[Tensor, Tensor]]:
+        buffers = (self.alpha, self.gamma, self.quantization_levels, self.level_indices)
+        return list(zip(buffers, self.calculate_qparams()))
 
-        Raises:
-          RuntimeError: fake quant enabled but no qparams observed or loaded.
-        """
-        if self.observer_enabled[0] == 1:
-            self._observe(X.detach())
-        if self.fake_quant_enabled[0] == 1:
-            if bool(torch.isnan(self.alpha)):
-                raise RuntimeError(
-                    "APoTFakeQuantize has no qparams yet: run it with the observer enabled on data "
-                    "(or load a state_dict) before enabling fake quant"
-                )
-            # .float(): a module cast with .double() keeps the float32 numerics
-            alpha, gamma, levels, indices = self._qparam_buffers()
-            X = fake_quantize_function.apply(X, alpha.float(), gamma.float(), levels.float(), indices)
-        return X
-
-    # Statistics and qparams run eagerly under torch.compile: they branch on
-    # data and build the static level table with numpy, which dynamo cannot
-    # trace; only the per-element fake quant is worth compiling.
-    @torch.compiler.disable
-    def _observe(self, X: Tensor) -> None:  # noqa: N803
-        """Update the statistics with ``X`` and the qparam buffers from them."""
-        observer = self.activation_post_process
-        observer(X)
-        # An empty or all-NaN first batch leaves nothing to compute qparams
-        # from; the buffers then stay unset rather than failing calibration.
-        if bool(observer.min_val <= observer.max_val):
-            with torch.no_grad():
-                for buffer, value in zip(self._qparam_buffers(), self.calculate_qparams()):
-                    buffer.copy_(value)
-
-    def _qparam_buffers(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return self.alpha, self.gamma, self.quantization_levels, self.level_indices
+    def _fake_quantize(self, X: Tensor) -> Tensor:  # noqa: N803
+        # .float(): a module cast with .double() keeps the float32 numerics
+        return fake_quantize_function.apply(
+            X, self.alpha.float(), self.gamma.float(), self.quantization_levels.float(), self.level_indices
+        )
 
     def extra_repr(self) -> str:
         return f"signed={self.signed}"
 
 
-class SignMagnitudeFakeQuantize(FakeQuantizeBase):
+class SignMagnitudeFakeQuantize(_ObservedFakeQuantize):
     """Observe, then fake-quantize with the paper's ``b``-bit signed
     (sign-magnitude) levels for the observed alpha. Twin of
     ``apot_jax.fake_quantize_module.SignMagnitudeFakeQuantize``.
@@ -180,32 +203,14 @@ class SignMagnitudeFakeQuantize(FakeQuantizeBase):
             raise RuntimeError("SignMagnitudeFakeQuantize has not observed any finite value yet")
         return sign_magnitude_qparams(observed_alpha(observer.min_val, observer.max_val), b=self.b, k=self.k)
 
-    def forward(self, X: Tensor) -> Tensor:  # noqa: N803 (torch.ao name)
-        """Observe ``X`` (if enabled), then fake-quantize it (if enabled).
-
-        Raises:
-          RuntimeError: fake quant enabled but no alpha observed or loaded.
-        """
-        if self.observer_enabled[0] == 1:
-            self._observe(X.detach())
-        if self.fake_quant_enabled[0] == 1:
-            if bool(torch.isnan(self.alpha)):
-                raise RuntimeError(
-                    "SignMagnitudeFakeQuantize has no alpha yet: run it with the observer enabled on data "
-                    "(or load a state_dict) before enabling fake quant"
-                )
-            # the learnable fake quant with a buffer for alpha: same forward
-            # and X-gradient, and no alpha gradient is computed
-            X = learnable_fake_quantize(X, self.alpha.float(), b=self.b, k=self.k)
-        return X
-
-    @torch.compiler.disable
-    def _observe(self, X: Tensor) -> None:  # noqa: N803
+    def _qparam_updates(self) -> list[tuple[Tensor, Tensor]]:
         observer = self.activation_post_process
-        observer(X)
-        if bool(observer.min_val <= observer.max_val):
-            with torch.no_grad():
-                self.alpha.copy_(observed_alpha(observer.min_val, observer.max_val))
+        return [(self.alpha, observed_alpha(observer.min_val, observer.max_val))]
+
+    def _fake_quantize(self, X: Tensor) -> Tensor:  # noqa: N803
+        # the learnable fake quant with a buffer for alpha: same forward and
+        # X-gradient, and no alpha gradient is computed
+        return learnable_fake_quantize(X, self.alpha.float(), b=self.b, k=self.k)
 
     def extra_repr(self) -> str:
         return f"b={self.b}, k={self.k}"

@@ -185,7 +185,7 @@ def test_observed_sign_magnitude_module_matches_the_reference(b, k):
     twin = SignMagnitudeFakeQuantize(b, k)
     twin.load_state_dict(fq.state_dict())
     assert np.array_equal(bits(twin(torch.from_numpy(x))), bits(ref_values))
-    with pytest.raises(RuntimeError, match="no alpha"):
+    with pytest.raises(RuntimeError, match="no qparams"):
         fresh = SignMagnitudeFakeQuantize(b, k)
         fresh.disable_observer()
         fresh(torch.ones(3))
