@@ -20,7 +20,6 @@ paths:
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Sequence
 
 import jax

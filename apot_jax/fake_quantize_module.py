@@ -23,8 +23,9 @@ cotangent anyway, so this only saves the backward pass of the min/max.
 
 :class:`SignMagnitudeFakeQuantize` / :class:`NNXSignMagnitudeFakeQuantize`
 have the same state and use the paper's ``b``-bit signed (sign-magnitude)
-levels with the observed alpha. The paper's full weight recipe (sign-magnitude levels, learnable alpha, optional
-weight normalization and per-channel alpha; ``apot_jax/paper.py``) is
+levels with the observed alpha. The paper's recipe with a learnt alpha
+(sign-magnitude weights with optional weight normalization and per-channel
+alpha, or unsigned activations; ``apot_jax/paper.py``) is
 :class:`LearnableAPoTFakeQuantize` / :class:`NNXLearnableAPoTFakeQuantize`:
 its alpha is a trainable parameter (linen ``"params"`` / ``nnx.Param``), so it
 has no observer state and no flags.
@@ -338,7 +339,10 @@ class LearnableAPoTFakeQuantize(nn.Module):
         return _learnable_quant(self, x, alpha)
 
 
-def _learnable_quant(module: "LearnableAPoTFakeQuantize | NNXLearnableAPoTFakeQuantize", x: jax.Array, alpha: jax.Array) -> jax.Array:
+def _learnable_quant(
+    module: "LearnableAPoTFakeQuantize | NNXLearnableAPoTFakeQuantize", x: jax.Array, alpha: jax.Array
+) -> jax.Array:
+    """The fake quant of a learnable module (linen or NNX) for its scheme."""
     if module.scheme == "unsigned":
         return learnable_fake_quantize(x, alpha, b=module.b, k=module.k, scheme="unsigned")
     return paper_weight_quant(

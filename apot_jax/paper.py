@@ -35,10 +35,10 @@ from jax import lax
 
 from apot_common.tables import level_table, sign_magnitude_table
 from apot_jax import levels as _levels
-from apot_jax import quantizer as _quantizer
 from apot_jax.fake_quantize_function import ste_mask
 from apot_jax.observer import APoTQParams, _as_float32
 from apot_jax.quantizer import _lookup
+from apot_jax.quantizer import quant_dequant as _apot_quant_dequant
 
 #: The learnable fake quant's level sets: the paper's signed weights, and the
 #: unsigned APoT table of the activations.
@@ -298,7 +298,7 @@ def _broadcast_channel(alpha: jax.Array, ndim: int, channel_axis: int | None) ->
 def _learnable(x: jax.Array, alpha: jax.Array, config: tuple[int, int, int | None, str]) -> jax.Array:
     b, k, channel_axis, scheme = config
     if scheme == "unsigned":
-        return _quantizer.quant_dequant(x, unsigned_qparams(alpha, b=b, k=k))
+        return _apot_quant_dequant(x, unsigned_qparams(alpha, b=b, k=k))
     return quant_dequant(x, sign_magnitude_qparams(alpha, b=b, k=k), channel_axis)
 
 
