@@ -10,10 +10,15 @@ entries::
     activation_post_process.min_val          float32 ()
     activation_post_process.max_val          float32 ()
 
+A torch ``apot_torch.SignMagnitudeFakeQuantize`` has the same entries but
+``alpha`` alone for its qparams (``SIGN_MAGNITUDE_TORCH_KEYS``); pass
+``sign_magnitude=True`` for it.
+
 A Flax fake quant (linen ``"quant_stats"`` entry or NNX ``QuantStat``
 Variables) holds only ``min_val``, ``max_val`` and the two flags: the qparams
-are a function of the statistics (``calculate_qparams``), recomputed every
-call and bit-identical in both frameworks, so nothing is lost either way.
+are a function of the statistics (``calculate_qparams``, ``observed_alpha``),
+recomputed every call and bit-identical in both frameworks, so nothing is
+lost either way.
 
 torch is imported lazily, only to build torch tensors: JAX-only users can
 convert numpy arrays (``as_numpy=True``) without it.
@@ -27,7 +32,8 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from apot_jax.observer import calculate_qparams
+from apot_common.tables import sign_magnitude_table
+from apot_jax.observer import calculate_qparams, observed_alpha
 
 #: The torch module's state_dict keys, in its registration order.
 TORCH_KEYS = (
@@ -37,6 +43,15 @@ TORCH_KEYS = (
     "gamma",
     "quantization_levels",
     "level_indices",
+    "activation_post_process.min_val",
+    "activation_post_process.max_val",
+)
+
+#: The state_dict keys of torch's ``SignMagnitudeFakeQuantize``.
+SIGN_MAGNITUDE_TORCH_KEYS = (
+    "fake_quant_enabled",
+    "observer_enabled",
+    "alpha",
     "activation_post_process.min_val",
     "activation_post_process.max_val",
 )
@@ -66,8 +81,10 @@ def torch_state_dict_to_flax(
     b: int | None = None,
     k: int | None = None,
     signed: bool = False,
+    sign_magnitude: bool = False,
 ) -> dict[str, Any]:
-    """The Flax fake-quant state of one torch ``APoTFakeQuantize``.
+    """The Flax fake-quant state of one torch ``APoTFakeQuantize`` (or
+    ``SignMagnitudeFakeQuantize``).
 
     Args:
       state_dict: the module's ``state_dict()`` (torch tensors or numpy
@@ -77,6 +94,8 @@ def torch_state_dict_to_flax(
         checked to be exactly those of the stored statistics (``ValueError``
         otherwise): a guard against converting a module of another
         configuration. Entries that are not stored are not checked.
+      sign_magnitude: the module is a ``SignMagnitudeFakeQuantize`` (``b``,
+        ``k`` of its sign-magnitude scheme; ``signed`` must be False).
 
     Returns:
       ``{"min_val": float32 (), "max_val": float32 (), "observer_enabled":
@@ -103,7 +122,7 @@ def torch_state_dict_to_flax(
         "fake_quant_enabled": jnp.int32(int(get("fake_quant_enabled").reshape(-1)[0])),
     }
     if b is not None and k is not None:
-        expected = _qparams_numpy(min_val, max_val, b, k, signed)
+        expected = _qparams_numpy(min_val, max_val, b, k, signed, sign_magnitude)
         for key, value in expected.items():
             if prefix + key in state_dict and not _same_bits(get(key), value):
                 raise ValueError(
@@ -114,8 +133,16 @@ def torch_state_dict_to_flax(
     return out
 
 
-def _qparams_numpy(min_val: Any, max_val: Any, b: int, k: int, signed: bool) -> dict[str, np.ndarray]:
+def _qparams_numpy(
+    min_val: Any, max_val: Any, b: int, k: int, signed: bool, sign_magnitude: bool
+) -> dict[str, np.ndarray]:
     """The qparam buffers as the torch module holds them for these statistics."""
+    if sign_magnitude:
+        if signed:
+            raise ValueError("signed selects the prototype's signed table; a sign-magnitude module has no such option")
+        sign_magnitude_table(b, k)  # ValueError for a bad configuration
+        observed = min_val <= max_val  # else the fresh module's NaN
+        return {"alpha": np.asarray(observed_alpha(min_val, max_val) if observed else np.nan, np.float32)}
     qp = calculate_qparams(jnp.float32(min_val), jnp.float32(max_val), b=b, k=k, signed=signed)
     if not min_val <= max_val:
         # Nothing observed: torch's buffers keep their initial values (NaN
@@ -136,9 +163,10 @@ def _qparams_numpy(min_val: Any, max_val: Any, b: int, k: int, signed: bool) -> 
 
 
 def flax_to_torch_state_dict(
-    quant_stats_vars: Any, b: int, k: int, signed: bool = False, *, as_numpy: bool = False
+    quant_stats_vars: Any, b: int, k: int, signed: bool = False, *, sign_magnitude: bool = False, as_numpy: bool = False
 ) -> dict[str, Any]:
-    """The torch ``APoTFakeQuantize`` state_dict of one Flax fake quant.
+    """The torch ``APoTFakeQuantize`` (or, with ``sign_magnitude``,
+    ``SignMagnitudeFakeQuantize``) state_dict of one Flax fake quant.
 
     Args:
       quant_stats_vars: a mapping with ``min_val``, ``max_val``,
@@ -147,10 +175,13 @@ def flax_to_torch_state_dict(
         ``NNXAPoTFakeQuantize``.
       b, k, signed: the configuration; the qparams are computed from the
         statistics exactly as both frameworks do (``calculate_qparams``).
+      sign_magnitude: the state of a ``SignMagnitudeFakeQuantize`` of
+        ``(b, k)``: ``alpha`` is its only qparam buffer.
       as_numpy: return numpy arrays instead of torch tensors (no torch needed).
 
     Returns:
-      ``{key: value for key in TORCH_KEYS}`` with the torch module's dtypes
+      ``{key: value for key in TORCH_KEYS}`` (``SIGN_MAGNITUDE_TORCH_KEYS``)
+      with the torch module's dtypes
       and shapes (flags uint8 ``(1,)``), ready for ``load_state_dict``.
       Unobserved statistics (``min_val > max_val``) give the buffers of a
       fresh torch module: NaN alpha, gamma and levels, zero level indices.
@@ -162,7 +193,7 @@ def flax_to_torch_state_dict(
         }
     min_val = _to_numpy(quant_stats_vars["min_val"]).astype(np.float32).reshape(())
     max_val = _to_numpy(quant_stats_vars["max_val"]).astype(np.float32).reshape(())
-    qparams = _qparams_numpy(min_val, max_val, b, k, signed)
+    qparams = _qparams_numpy(min_val, max_val, b, k, signed, sign_magnitude)
     arrays = {
         "fake_quant_enabled": np.asarray([int(_to_numpy(quant_stats_vars["fake_quant_enabled"]).reshape(-1)[0])], np.uint8),
         "observer_enabled": np.asarray([int(_to_numpy(quant_stats_vars["observer_enabled"]).reshape(-1)[0])], np.uint8),
@@ -174,7 +205,8 @@ def flax_to_torch_state_dict(
         return arrays
     import torch  # lazily: only callers that want torch tensors need torch
 
-    return {key: torch.from_numpy(np.array(arrays[key])) for key in TORCH_KEYS}
+    keys = SIGN_MAGNITUDE_TORCH_KEYS if sign_magnitude else TORCH_KEYS
+    return {key: torch.from_numpy(np.array(arrays[key])) for key in keys}
 
 
-__all__ = ["TORCH_KEYS", "flax_to_torch_state_dict", "torch_state_dict_to_flax"]
+__all__ = ["SIGN_MAGNITUDE_TORCH_KEYS", "TORCH_KEYS", "flax_to_torch_state_dict", "torch_state_dict_to_flax"]

@@ -438,3 +438,38 @@ def test_round_trip_with_the_torch_module_bitwise(signed):
         assert value.dtype == sd[key].dtype and value.shape == sd[key].shape, key
         np.testing.assert_array_equal(np.atleast_1d(value.numpy()).view(np.uint8), np.atleast_1d(sd[key].numpy()).view(np.uint8))
     np.testing.assert_array_equal(bits(fresh(torch.from_numpy(x)).detach().numpy()), bits(y_flax))
+
+
+@pytest.mark.skipif(not _HAS_TORCH_FQ, reason="apot_torch.fake_quantize_module (torch SignMagnitudeFakeQuantize) is not available")
+def test_sign_magnitude_state_round_trip_with_the_torch_module():
+    import torch
+
+    from apot_jax.convert import SIGN_MAGNITUDE_TORCH_KEYS
+    from apot_jax.fake_quantize_module import SignMagnitudeFakeQuantize
+    from apot_torch.fake_quantize_module import SignMagnitudeFakeQuantize as TorchSignMagnitude
+
+    fresh = TorchSignMagnitude(3, 2).state_dict()
+    linen = SignMagnitudeFakeQuantize(3, 2)
+    stats0 = linen.init(jax.random.key(0), jnp.zeros(3))["quant_stats"]
+    sd0 = flax_to_torch_state_dict(stats0, 3, 2, sign_magnitude=True)
+    assert tuple(sd0) == SIGN_MAGNITUDE_TORCH_KEYS == tuple(fresh)
+    for key, value in sd0.items():  # nothing observed: a fresh module's buffers
+        assert value.dtype == fresh[key].dtype and value.shape == fresh[key].shape, key
+        np.testing.assert_array_equal(np.atleast_1d(value.numpy()).view(np.uint8), np.atleast_1d(fresh[key].numpy()).view(np.uint8))
+
+    x = np.random.default_rng(21).normal(size=(8, 16)).astype(np.float32)
+    _, upd = linen.apply({"quant_stats": stats0}, x, mutable=["quant_stats"])
+    stats = set_flags(upd["quant_stats"], observer=False)
+    torch_fq = TorchSignMagnitude(3, 2)
+    torch_fq.load_state_dict(flax_to_torch_state_dict(stats, 3, 2, sign_magnitude=True))  # strict
+    assert bits(torch_fq.alpha) == bits(np.float32(np.abs(x).max()))
+    probe = np.random.default_rng(22).normal(size=(50,)).astype(np.float32) * 2
+    assert np.array_equal(bits(torch_fq(torch.from_numpy(probe))), bits(linen.apply({"quant_stats": stats}, probe)))
+    back = torch_state_dict_to_flax(torch_fq.state_dict(), b=3, k=2, sign_magnitude=True)
+    for key in stats:
+        assert bits(back[key]) == bits(stats[key])
+    tampered = {**torch_fq.state_dict(), "alpha": torch_fq.alpha * 2}
+    with pytest.raises(ValueError, match="does not match"):
+        torch_state_dict_to_flax(tampered, b=3, k=2, sign_magnitude=True)
+    with pytest.raises(ValueError, match="signed"):
+        flax_to_torch_state_dict(stats, 3, 2, True, sign_magnitude=True)
