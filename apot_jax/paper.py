@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from apot_common.tables import level_table, sign_magnitude_table
@@ -365,6 +366,79 @@ def learnable_fake_quantize(
     return _learnable(x, alpha, (int(b), int(k), channel_axis, scheme))
 
 
+def fit_alpha(
+    x: jax.Array,
+    *,
+    b: int,
+    k: int,
+    scheme: str = "unsigned",
+    channel_axis: int | None = None,
+    candidates: int = 64,
+) -> jax.Array:
+    """A starting alpha for :func:`learnable_fake_quantize`, fitted to data.
+
+    The candidates are ``top * i / candidates`` for ``i = 1..candidates``,
+    ``top`` the largest value of ``x`` (sign-magnitude: the largest
+    magnitude; per channel: of each channel); the result is the first with
+    the least squared error ``pairwise_sum((y - x)**2)`` of the scheme's fake
+    quant ``y`` (per channel: each channel's own). Clipping a long tail pays
+    at low bits, so the best alpha is often well below ``top``. The grid is
+    computed on the host in numpy float32 and the sums have a fixed order,
+    so ``apot_torch.paper.fit_alpha`` picks the same bits.
+
+    Calibration runs eagerly (it checks the values of ``x``), not under ``jit``.
+
+    Args:
+      x: floating array, any non-empty shape, finite, ``top > 0``: e.g. a
+        layer's inputs on a calibration batch (the ReLU outputs for
+        ``scheme="unsigned"``), or a (normalized) weight.
+      b, k, scheme, channel_axis: as in :func:`learnable_fake_quantize`
+        (``channel_axis`` for sign-magnitude only).
+      candidates: number of grid points, ``>= 1``.
+
+    Returns:
+      float32 alpha in ``(0, top]``: a scalar, or ``(C,)`` with
+      ``C = x.shape[channel_axis]``.
+
+    Raises:
+      TypeError: ``x`` is not floating. ValueError: a bad scheme, ``(b, k)``,
+      ``channel_axis`` or ``candidates``; ``x`` empty, not finite, or
+      without a positive ``top`` (in some channel).
+    """
+    x = _as_float32(x, "fit_alpha")
+    _check_scheme(scheme, b, k)
+    if int(candidates) < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if channel_axis is None:
+        rows = x.reshape(1, -1)
+    elif scheme != "sign-magnitude":
+        raise ValueError("per-channel alpha is for sign-magnitude weights")
+    else:
+        rows = jnp.moveaxis(x, _channel_axis(channel_axis, x.ndim), 0)
+        rows = rows.reshape(rows.shape[0], -1)
+    if rows.size == 0 or not bool(jnp.all(jnp.isfinite(rows))):
+        raise ValueError("fit_alpha needs a non-empty, finite x")
+    top = np.asarray(jnp.max(jnp.abs(rows) if scheme == "sign-magnitude" else rows, axis=1))
+    if not (top > 0).all():
+        raise ValueError(f"fit_alpha needs a positive {'magnitude' if scheme == 'sign-magnitude' else 'value'} in x")
+    # on the host: XLA (and torch on CUDA) would turn the division by a
+    # constant into a multiplication by its rounded reciprocal
+    fractions = np.arange(1, int(candidates) + 1, dtype=np.float32) / np.float32(candidates)
+    grid = fractions[:, None] * top[None, :]  # (candidates, C)
+    alpha = _fit_alpha(rows, jnp.asarray(grid), (int(b), int(k), None if channel_axis is None else 0, scheme))
+    return alpha.reshape(()) if channel_axis is None else alpha
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def _fit_alpha(rows: jax.Array, grid: jax.Array, config: tuple[int, int, int | None, str]) -> jax.Array:
+    def errors(alphas: jax.Array) -> jax.Array:  # (C,) per channel of rows
+        d = _learnable(rows, alphas if config[2] is not None else alphas[0], config) - rows
+        return pairwise_sum(d * d, (1,)).reshape(-1)
+
+    best = jnp.argmin(lax.map(errors, grid), axis=0)  # the first minimum
+    return jnp.take_along_axis(grid, best[None, :], axis=0)[0]
+
+
 # --------------------------------------------------------------------------
 # weight normalization
 
@@ -441,6 +515,7 @@ __all__ = [
     "alpha_grad_elements",
     "check_learnable",
     "dequantize",
+    "fit_alpha",
     "learnable_fake_quantize",
     "normalize_weight",
     "pairwise_sum",

@@ -308,10 +308,9 @@ def calibrate(model: nn.Module, state: TrainState, batches: Sequence[np.ndarray]
 def fit_paper_alphas(params: Any, quant: QuantConfig, candidates: int = 64) -> Any:
     """Initial alphas of the paper recipe's weight quants, by least squares.
 
-    For each layer's (normalized) kernel, the alpha among ``candidates``
-    values evenly spaced in ``[0.25, 5]`` (per output feature with
-    ``per_channel``) that minimises the squared quantization error. The
-    paper starts from 3.0 and lets training move alpha; a fine-tune of a few
+    For each layer's normalized kernel, :func:`apot_jax.paper.fit_alpha`
+    (sign-magnitude, per output feature with ``per_channel``). The paper
+    starts from 3.0 and lets training move alpha; a fine-tune of a few
     hundred steps would not get far from there at 2 bits, where the optimum
     (about 1.2 for a Gaussian) is far from 3.
 
@@ -319,26 +318,15 @@ def fit_paper_alphas(params: Any, quant: QuantConfig, candidates: int = 64) -> A
     """
     if quant.weight_quant != PAPER:
         return params
-    grid = jnp.linspace(0.25, 5.0, candidates, dtype=jnp.float32)
-    b, k = quant.bits, quant.magnitude_k
     axis = -1 if quant.per_channel else None
-
-    @jax.jit
-    def best(kernel: jax.Array) -> jax.Array:
-        w_hat, _, _ = paper.normalize_weight(kernel, axis)
-
-        def error(alpha: jax.Array) -> jax.Array:
-            a = alpha if axis is None else jnp.full((kernel.shape[-1],), alpha)
-            q = paper.quant_dequant(w_hat, paper.sign_magnitude_qparams(a, b=b, k=k), axis)
-            sq = jnp.square(q - w_hat)
-            return jnp.sum(sq) if axis is None else jnp.sum(sq.reshape(-1, kernel.shape[-1]), axis=0)
-
-        errors = jax.lax.map(error, grid)  # (candidates,) or (candidates, C)
-        return grid[jnp.argmin(errors, axis=0)]
 
     def replace(layer: Any) -> Any:
         if isinstance(layer, dict) and "weight_quant" in layer and "alpha" in layer["weight_quant"]:
-            return {**layer, "weight_quant": {**layer["weight_quant"], "alpha": best(layer["kernel"])}}
+            w_hat, _, _ = paper.normalize_weight(layer["kernel"], axis)
+            alpha = paper.fit_alpha(
+                w_hat, b=quant.bits, k=quant.magnitude_k, scheme="sign-magnitude", channel_axis=axis, candidates=candidates
+            )
+            return {**layer, "weight_quant": {**layer["weight_quant"], "alpha": alpha}}
         return layer
 
     return {name: replace(dict(layer)) for name, layer in params.items()}
@@ -350,11 +338,9 @@ def fit_activation_alphas(
     """Initial learnt activation alphas (``input_quant/alpha``) of ``model``,
     by least squares on the float network's layer inputs.
 
-    The inputs of the float MLP's layers on ``x`` (the ReLU outputs of the
-    layer before; the data for the first) are quantized with the unsigned
-    APoT levels of each ``input_quant``; its alpha becomes the one of
-    ``candidates`` fractions in ``(0, 1]`` of the largest input that
-    minimises the squared error (clipping a long tail helps at low bits).
+    Each ``input_quant`` alpha becomes :func:`apot_jax.paper.fit_alpha` (unsigned
+    scheme, ``candidates`` grid points) of that layer's inputs in the float
+    MLP on ``x`` (the ReLU outputs of the layer before; the data for the first).
     Returns ``params`` with those alphas replaced; layers without a learnt
     input alpha are left as they are.
     """
@@ -362,25 +348,15 @@ def fit_activation_alphas(
         {"params": float_params}, jnp.asarray(x), capture_intermediates=True, mutable=["intermediates"]
     )
     outputs = captured["intermediates"]
-    fractions = jnp.linspace(1.0 / candidates, 1.0, candidates, dtype=jnp.float32)
     b, k = model.quant.bits, model.quant.k
-
-    @jax.jit
-    def best(inputs: jax.Array) -> jax.Array:
-        def error(alpha: jax.Array) -> jax.Array:
-            q = paper.learnable_fake_quantize(inputs, alpha, b=b, k=k, scheme="unsigned")
-            return jnp.sum(jnp.square(q - inputs))
-
-        grid = fractions * jnp.max(inputs)
-        return grid[jnp.argmin(jax.lax.map(error, grid))]
-
     out = {}
     for name, layer in params.items():
         layer = dict(layer)
         if "alpha" in layer.get("input_quant", {}):
             i = int(name.removeprefix("dense"))
             inputs = jnp.asarray(x, jnp.float32) if i == 0 else nn.relu(outputs[f"dense{i - 1}"]["__call__"][0])
-            layer["input_quant"] = {**layer["input_quant"], "alpha": best(inputs)}
+            alpha = paper.fit_alpha(inputs, b=b, k=k, scheme="unsigned", candidates=candidates)
+            layer["input_quant"] = {**layer["input_quant"], "alpha": alpha}
         out[name] = layer
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -244,6 +245,12 @@ def _broadcast_channel(alpha: Tensor, ndim: int, channel_axis: int | None) -> Te
     return alpha.reshape(shape)
 
 
+def _learnable_forward(x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None, scheme: str) -> Tensor:
+    if scheme == "unsigned":
+        return APoTQuantizer(*unsigned_qparams(alpha, b=b, k=k)).quant_dequant(x)
+    return quant_dequant(x, sign_magnitude_qparams(alpha, b=b, k=k), channel_axis)
+
+
 class learnable_fake_quantize_function(torch.autograd.Function):  # noqa: N801 (torch.ao naming)
     """``y = quant_dequant`` of ``x`` with the scheme's qparams for ``alpha``;
     ``dx = dy * (|x| <= alpha)``, ``dalpha = pairwise_sum(dy *
@@ -257,10 +264,7 @@ class learnable_fake_quantize_function(torch.autograd.Function):  # noqa: N801 (
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None, scheme: str):
         as_float32(x, "learnable_fake_quantize")
-        if scheme == "unsigned":
-            y = APoTQuantizer(*unsigned_qparams(alpha, b=b, k=k)).quant_dequant(x)
-        else:
-            y = quant_dequant(x, sign_magnitude_qparams(alpha, b=b, k=k), channel_axis)
+        y = _learnable_forward(x, alpha, b, k, channel_axis, scheme)
         ctx.channel_axis, ctx.scheme = channel_axis, scheme
         ctx.save_for_backward(x, alpha, y)
         return y
@@ -297,6 +301,56 @@ def learnable_fake_quantize(
     elif alpha.dim() != 0:
         raise ValueError(f"per-tensor quantization needs a scalar alpha, got shape {tuple(alpha.shape)}")
     return learnable_fake_quantize_function.apply(x, alpha, int(b), int(k), channel_axis, scheme)
+
+
+@torch.no_grad()
+def fit_alpha(
+    x: Tensor,
+    *,
+    b: int,
+    k: int,
+    scheme: str = "unsigned",
+    channel_axis: int | None = None,
+    candidates: int = 64,
+) -> Tensor:
+    """A starting alpha for :func:`learnable_fake_quantize`, fitted to data:
+    of ``top * i / candidates`` (``i = 1..candidates``, ``top`` the largest
+    value of ``x``, sign-magnitude: magnitude, per channel: of each channel)
+    the first with the least ``pairwise_sum((y - x)**2)``, bitwise as
+    ``apot_jax.paper.fit_alpha`` (see there for the arguments and errors).
+
+    ``x``: floating, any non-empty shape, finite, ``top > 0``, e.g. a layer's
+    inputs on a calibration batch; it is not modified. Returns float32 alpha
+    on ``x``'s device, a scalar or ``(C,)`` along ``channel_axis``. To start
+    a module's training there: ``fq.alpha.copy_(fit_alpha(...))`` under
+    ``torch.no_grad()``.
+    """
+    x = as_float32(x, "fit_alpha")
+    _check_scheme(scheme, b, k)
+    if int(candidates) < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if channel_axis is None:
+        rows = x.reshape(1, -1)
+    elif scheme != "sign-magnitude":
+        raise ValueError("per-channel alpha is for sign-magnitude weights")
+    else:
+        rows = _rows(x, _channel_axis(channel_axis, x.dim()))
+    if rows.numel() == 0 or not bool(torch.isfinite(rows).all()):
+        raise ValueError("fit_alpha needs a non-empty, finite x")
+    top = (rows.abs() if scheme == "sign-magnitude" else rows).amax(dim=1).cpu().numpy()
+    if not (top > 0).all():
+        raise ValueError(f"fit_alpha needs a positive {'magnitude' if scheme == 'sign-magnitude' else 'value'} in x")
+    # on the host, as in apot_jax: torch on CUDA divides by a scalar through its rounded reciprocal
+    fractions = np.arange(1, int(candidates) + 1, dtype=np.float32) / np.float32(candidates)
+    grid = torch.from_numpy(fractions[:, None] * top[None, :]).to(x.device)  # (candidates, C)
+    axis = None if channel_axis is None else 0
+    errors = []
+    for alphas in grid:
+        d = _learnable_forward(rows, alphas if axis is not None else alphas[0], int(b), int(k), axis, scheme) - rows
+        errors.append(pairwise_sum(d * d, [1]).reshape(-1))
+    best = torch.argmin(torch.stack(errors), dim=0)  # the first minimum
+    alpha = torch.gather(grid, 0, best[None, :])[0]
+    return alpha.reshape(()) if channel_axis is None else alpha
 
 
 # --------------------------------------------------------------------------
@@ -349,6 +403,7 @@ __all__ = [
     "alpha_grad_elements",
     "check_learnable",
     "dequantize",
+    "fit_alpha",
     "learnable_fake_quantize",
     "learnable_fake_quantize_function",
     "normalize_weight",

@@ -22,6 +22,10 @@ observed alpha and the prototype's observer-based activations. The
 (``LearnableAPoTFakeQuantize``): sign-magnitude ``b``-bit weights with a
 learnable alpha after weight normalization, and unsigned APoT activations of
 the same bits with a learnable alpha, like ``apot qat --recipe paper``.
+Their alphas start at fixed values (3.0 weights, 8.0 activations); for a
+start fitted to data, copy ``apot_torch.paper.fit_alpha`` of a calibration
+batch (or of the normalized weight) into a module's ``alpha`` under
+``torch.no_grad()``, as ``apot qat`` does on the JAX side.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Parity of the paper recipe (``docs/numerics.md`` section 9): sign-magnitude
 qparams, codes and fake quant, the learnable-alpha gradients (per element and
-summed; weights and activations), weight normalization, per-channel alpha, the Flax / torch
-fake-quant modules and the export, ``apot_jax`` against ``apot_torch`` through
-their public APIs, every pair of JAX and torch backends. Everything is
-bitwise: the sums (alpha's gradient, the normalization statistics) have a
-fixed pairwise order in both frameworks."""
+summed; weights and activations), weight normalization, per-channel alpha,
+the fitted starting alpha, the Flax / torch fake-quant modules and the
+export, ``apot_jax`` against ``apot_torch`` through their public APIs, every
+pair of JAX and torch backends. Everything is bitwise: the sums (alpha's
+gradient, the normalization statistics, the fit's errors) have a fixed
+pairwise order in both frameworks."""
 
 from __future__ import annotations
 
@@ -117,6 +118,33 @@ def test_learnable_activation_alpha(jax_backend, torch_backend, config, parity):
             compare("grad_alpha", np.asarray(jda), tb.to_numpy(at.grad)),
         ]
         parity.record(f"{jax_backend.name}~{tb.name}", f"learnable unsigned b={b} k={k} alpha={alpha} {dtype}", comps)
+
+
+@pytest.mark.parametrize(
+    "b, k, scheme", [(2, 1, "unsigned"), (4, 2, "unsigned"), (2, 1, "sign-magnitude"), (3, 2, "sign-magnitude")]
+)
+def test_fit_alpha(jax_backend, torch_backend, b, k, scheme, parity):
+    """The least-squares starting alpha: same candidate grid, same pairwise
+    error sums, the same chosen bits, for float32 and bfloat16 inputs."""
+    tb = torch_backend
+    x = np.random.default_rng(30 + b).standard_t(3, size=(48, 40)).astype(np.float32)
+    x = np.maximum(x, 0) if scheme == "unsigned" else x
+    comps = []
+    for dtype in ("float32", "bfloat16"):
+        x_in = np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32) if dtype == "bfloat16" else x
+        with jax.default_device(jax_backend.device):
+            xj = jax.device_put(jnp.asarray(x_in, dtype), jax_backend.device)
+            ja = jpaper.fit_alpha(xj, b=b, k=k, scheme=scheme)
+        xt = tb.to_torch(x_in).to(getattr(torch, dtype))
+        ta = tpaper.fit_alpha(xt, b=b, k=k, scheme=scheme)
+        comps.append(compare(f"fit_alpha_{dtype}", np.asarray(ja), tb.to_numpy(ta)))
+    if scheme == "sign-magnitude":  # per output channel: JAX kernels (in, out), torch weights (out, in)
+        x[:, 3] *= 40
+        with jax.default_device(jax_backend.device):
+            ja = jpaper.fit_alpha(jax.device_put(x, jax_backend.device), b=b, k=k, scheme=scheme, channel_axis=-1)
+        ta = tpaper.fit_alpha(tb.to_torch(x.T.copy()), b=b, k=k, scheme=scheme, channel_axis=0)
+        comps.append(compare("fit_alpha_per_channel", np.asarray(ja), tb.to_numpy(ta)))
+    parity.record(f"{jax_backend.name}~{tb.name}", f"fit_alpha b={b} k={k} {scheme}", comps)
 
 
 @pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])

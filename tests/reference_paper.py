@@ -11,7 +11,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from tests.reference import exact_terms, reference_positions, round_rational_to_float32
+from tests.reference import (
+    exact_terms,
+    reference_positions,
+    reference_qparams,
+    reference_quantize,
+    round_rational_to_float32,
+)
 
 
 def reference_sign_magnitude(alpha: float, b: int, k: int):
@@ -101,3 +107,22 @@ def reference_normalize(w: np.ndarray):
     std = np.float32(np.sqrt(np.float64(var)))
     r = reference_reciprocal(np.array([std]))[0] if std > 0 else np.float32(0)
     return _ftz((w - mean) * r), mean, std
+
+
+def reference_fit_alpha(x: np.ndarray, b: int, k: int, scheme: str, candidates: int) -> np.float32:
+    """``fit_alpha`` by brute force: every grid alpha ``fl(top * fl(i / C))``,
+    its fake quant by the full level scan, ``reference_pairwise_sum`` of the
+    squared errors, the first minimum."""
+    x = np.ravel(np.asarray(x, np.float32))
+    top = np.abs(x).max() if scheme == "sign-magnitude" else x.max()
+    grid = top * (np.arange(1, candidates + 1, dtype=np.float32) / np.float32(candidates))
+    errors = []
+    for alpha in grid:
+        if scheme == "sign-magnitude":
+            _, y = reference_sm_quantize(x, alpha, b, k)
+        else:
+            _, _, levels, indices = reference_qparams(0.0, alpha, b, k, False)
+            _, y = reference_quantize(x, alpha, levels, indices)
+        d = (y - x).astype(np.float32)
+        errors.append(reference_pairwise_sum(d * d))
+    return np.float32(grid[int(np.argmin(errors))])

@@ -25,6 +25,7 @@ from apot_jax.layers import APoTConv, APoTDense, NNXAPoTConv, NNXAPoTDense
 from tests.reference import adversarial_inputs, reference_qparams, reference_quantize
 from tests.reference_paper import (
     reference_alpha_grad_elements,
+    reference_fit_alpha,
     reference_normalize,
     reference_pairwise_sum,
     reference_reciprocal,
@@ -357,6 +358,67 @@ def test_learnable_activation_alpha_is_the_reference(b, k):
         paper.learnable_fake_quantize(jnp.asarray(x), alpha, b=3, k=2, scheme="signed")
     with pytest.raises(ValueError, match="per-channel"):
         paper.learnable_fake_quantize(jnp.asarray(x).reshape(-1, 1), jnp.ones(1), b=4, k=2, channel_axis=1, scheme="unsigned")
+
+
+FIT_CASES = [(2, 1, "unsigned"), (4, 2, "unsigned"), (2, 1, "sign-magnitude"), (3, 2, "sign-magnitude")]
+
+
+def fit_inputs(seed: int, scheme: str) -> np.ndarray:
+    """A long-tailed (Student t, 3 dof) sample, ReLU'd for activations."""
+    x = np.random.default_rng(seed).standard_t(3, size=(20, 30)).astype(np.float32)
+    return np.maximum(x, 0) if scheme == "unsigned" else x
+
+
+@pytest.mark.parametrize("b, k, scheme", FIT_CASES)
+def test_fit_alpha_is_the_brute_force_least_squares_choice(b, k, scheme):
+    x = fit_inputs(b + k, scheme)
+    alpha = paper.fit_alpha(jnp.asarray(x), b=b, k=k, scheme=scheme, candidates=24)
+    assert alpha.dtype == jnp.float32 and alpha.shape == ()
+    assert bits(alpha) == bits(reference_fit_alpha(x, b, k, scheme, 24))
+    if b == 2:  # few levels: clipping the long tail pays, alpha is well below the largest value
+        assert 0 < float(alpha) < 0.75 * float(np.abs(x).max())
+    assert bits(paper.fit_alpha(jnp.asarray(x, jnp.bfloat16), b=b, k=k, scheme=scheme, candidates=24)) == bits(
+        reference_fit_alpha(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32), b, k, scheme, 24)
+    )
+
+
+def test_fit_alpha_per_channel_is_the_per_tensor_fit_of_each_channel():
+    kernel = np.random.default_rng(4).standard_t(3, size=(40, 6)).astype(np.float32)
+    kernel[:, 2] *= 50  # channels of very different scales
+    alpha = paper.fit_alpha(jnp.asarray(kernel), b=3, k=2, scheme="sign-magnitude", channel_axis=-1, candidates=24)
+    assert alpha.shape == (6,) and alpha.dtype == jnp.float32
+    for c in range(6):
+        assert bits(alpha[c]) == bits(reference_fit_alpha(kernel[:, c], 3, 2, "sign-magnitude", 24))
+    with pytest.raises(ValueError, match="per-channel"):
+        paper.fit_alpha(jnp.asarray(kernel), b=2, k=1, channel_axis=-1)
+    with pytest.raises(ValueError, match="out of range"):
+        paper.fit_alpha(jnp.asarray(kernel), b=2, k=1, scheme="sign-magnitude", channel_axis=2)
+    kernel[:, 4] = 0
+    with pytest.raises(ValueError, match="positive magnitude"):
+        paper.fit_alpha(jnp.asarray(kernel), b=2, k=1, scheme="sign-magnitude", channel_axis=1)
+
+
+def test_fit_alpha_refuses_bad_input():
+    x = jnp.ones((4,), jnp.float32)
+    for bad, match in [
+        (jnp.zeros((3,)), "positive value"),
+        (-x, "positive value"),
+        (jnp.array([1.0, jnp.nan]), "finite"),
+        (jnp.array([1.0, jnp.inf]), "finite"),
+        (jnp.zeros((0,)), "non-empty"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            paper.fit_alpha(bad, b=2, k=1)
+    with pytest.raises(ValueError, match="positive magnitude"):
+        paper.fit_alpha(jnp.zeros((3,)), b=3, k=2, scheme="sign-magnitude")
+    with pytest.raises(ValueError, match="candidates"):
+        paper.fit_alpha(x, b=2, k=1, candidates=0)
+    with pytest.raises(ValueError, match="scheme"):
+        paper.fit_alpha(x, b=2, k=1, scheme="signed")
+    with pytest.raises(TypeError, match="floating"):
+        paper.fit_alpha(jnp.ones((3,), jnp.int32), b=2, k=1)
+    # one candidate: top itself, even for a scalar
+    assert float(paper.fit_alpha(jnp.float32(2.5), b=2, k=1, candidates=1)) == 2.5
 
 
 def test_layers_learn_the_activation_alpha():

@@ -14,6 +14,7 @@ from apot_torch.fake_quantize_module import LearnableAPoTFakeQuantize, SignMagni
 from tests.reference import adversarial_inputs, reference_qparams, reference_quantize
 from tests.reference_paper import (
     reference_alpha_grad_elements,
+    reference_fit_alpha,
     reference_normalize,
     reference_pairwise_sum,
     reference_reciprocal,
@@ -273,3 +274,58 @@ def test_learnable_activation_alpha_is_the_reference(b, k):
     assert np.array_equal(bits(module.calculate_qparams()[2]), bits(levels))
     with pytest.raises(ValueError, match="normalize"):
         LearnableAPoTFakeQuantize(b, k, scheme="unsigned")
+
+
+@pytest.mark.parametrize(
+    "b, k, scheme", [(2, 1, "unsigned"), (4, 2, "unsigned"), (2, 1, "sign-magnitude"), (3, 2, "sign-magnitude")]
+)
+def test_fit_alpha_is_the_brute_force_least_squares_choice(b, k, scheme):
+    x = np.random.default_rng(b + k).standard_t(3, size=(20, 30)).astype(np.float32)
+    x = np.maximum(x, 0) if scheme == "unsigned" else x
+    xt = torch.from_numpy(x.copy())
+    alpha = paper.fit_alpha(xt, b=b, k=k, scheme=scheme, candidates=24)
+    assert alpha.dtype == torch.float32 and alpha.shape == ()
+    assert bits(alpha) == bits(reference_fit_alpha(x, b, k, scheme, 24))
+    if b == 2:  # few levels: clipping the long tail pays
+        assert 0 < float(alpha) < 0.75 * float(np.abs(x).max())
+    assert np.array_equal(xt.numpy(), x)  # input untouched
+    # seeding a learnable module's alpha with it
+    module = LearnableAPoTFakeQuantize(b, k, scheme=scheme, normalize=False)
+    with torch.no_grad():
+        module.alpha.copy_(alpha)
+    y = module(xt)
+    expected = paper.learnable_fake_quantize(xt, alpha, b=b, k=k, scheme=scheme)
+    assert np.array_equal(bits(y), bits(expected))
+
+
+def test_fit_alpha_per_channel_is_the_per_tensor_fit_of_each_channel():
+    weight = np.random.default_rng(4).standard_t(3, size=(6, 40)).astype(np.float32)
+    weight[2] *= 50
+    alpha = paper.fit_alpha(torch.from_numpy(weight), b=3, k=2, scheme="sign-magnitude", channel_axis=0, candidates=24)
+    assert alpha.shape == (6,) and alpha.dtype == torch.float32
+    for c in range(6):
+        assert bits(alpha[c]) == bits(reference_fit_alpha(weight[c], 3, 2, "sign-magnitude", 24))
+    with pytest.raises(ValueError, match="per-channel"):
+        paper.fit_alpha(torch.from_numpy(weight), b=2, k=1, channel_axis=0)
+    weight[4] = 0
+    with pytest.raises(ValueError, match="positive magnitude"):
+        paper.fit_alpha(torch.from_numpy(weight), b=2, k=1, scheme="sign-magnitude", channel_axis=0)
+
+
+def test_fit_alpha_refuses_bad_input():
+    x = torch.ones(4)
+    for bad, match in [
+        (torch.zeros(3), "positive value"),
+        (-x, "positive value"),
+        (torch.tensor([1.0, float("nan")]), "finite"),
+        (torch.zeros(0), "non-empty"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            paper.fit_alpha(bad, b=2, k=1)
+    with pytest.raises(ValueError, match="candidates"):
+        paper.fit_alpha(x, b=2, k=1, candidates=0)
+    with pytest.raises(ValueError, match="scheme"):
+        paper.fit_alpha(x, b=2, k=1, scheme="signed")
+    with pytest.raises(TypeError, match="floating"):
+        paper.fit_alpha(torch.ones(3, dtype=torch.int32), b=2, k=1)
+    assert float(paper.fit_alpha(torch.tensor(2.5), b=2, k=1, candidates=1)) == 2.5
