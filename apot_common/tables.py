@@ -256,3 +256,25 @@ def _build_sign_magnitude_table(b: int, k: int) -> SignMagnitudeTable:
     code_by_position = np.concatenate([-codes[:0:-1], codes]).astype(np.int32)
     code_by_position.setflags(write=False)
     return SignMagnitudeTable(b=b, k=k, magnitude=magnitude, code_by_position=code_by_position, nan_code=-(2 ** (b - 1)))
+
+
+def fit_alpha_grid(top: np.ndarray, candidates: int, what: str) -> np.ndarray:
+    """The candidate alphas of ``fit_alpha`` (``docs/numerics.md`` 9.6):
+    ``fl(fl(i / candidates) * top)`` for ``i = 1..candidates``, shape
+    ``(candidates, C)`` float32 for ``top`` of shape ``(C,)``.
+
+    On the host in numpy so both frameworks get the same bits: XLA rewrites a
+    division by a constant into a multiplication by its rounded reciprocal,
+    and torch on CUDA divides by a scalar the same way.
+
+    Raises:
+      ValueError: ``candidates < 1``, or some ``top`` not positive (``what``
+        names the quantity, e.g. ``"magnitude"``).
+    """
+    if int(candidates) < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    top = np.asarray(top, np.float32)
+    if not (top > 0).all():
+        raise ValueError(f"fit_alpha needs a positive {what} in x")
+    fractions = np.arange(1, int(candidates) + 1, dtype=np.float32) / np.float32(candidates)
+    return fractions[:, None] * top[None, :]

@@ -31,10 +31,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from apot_common.tables import level_table, sign_magnitude_table
+from apot_common.tables import fit_alpha_grid, level_table, sign_magnitude_table
 from apot_jax import levels as _levels
 from apot_jax.fake_quantize_function import ste_mask
 from apot_jax.observer import APoTQParams, _as_float32
@@ -384,7 +383,8 @@ def fit_alpha(
     quant ``y`` (per channel: each channel's own). Clipping a long tail pays
     at low bits, so the best alpha is often well below ``top``. The grid is
     computed on the host in numpy float32 and the sums have a fixed order,
-    so ``apot_torch.paper.fit_alpha`` picks the same bits.
+    so ``apot_torch.paper.fit_alpha`` picks the same bits
+    (:func:`apot_common.tables.fit_alpha_grid` serves both).
 
     Calibration runs eagerly (it checks the values of ``x``), not under ``jit``.
 
@@ -407,8 +407,6 @@ def fit_alpha(
     """
     x = _as_float32(x, "fit_alpha")
     _check_scheme(scheme, b, k)
-    if int(candidates) < 1:
-        raise ValueError(f"candidates must be >= 1, got {candidates}")
     if channel_axis is None:
         rows = x.reshape(1, -1)
     elif scheme != "sign-magnitude":
@@ -418,13 +416,9 @@ def fit_alpha(
         rows = rows.reshape(rows.shape[0], -1)
     if rows.size == 0 or not bool(jnp.all(jnp.isfinite(rows))):
         raise ValueError("fit_alpha needs a non-empty, finite x")
-    top = np.asarray(jnp.max(jnp.abs(rows) if scheme == "sign-magnitude" else rows, axis=1))
-    if not (top > 0).all():
-        raise ValueError(f"fit_alpha needs a positive {'magnitude' if scheme == 'sign-magnitude' else 'value'} in x")
-    # on the host: XLA (and torch on CUDA) would turn the division by a
-    # constant into a multiplication by its rounded reciprocal
-    fractions = np.arange(1, int(candidates) + 1, dtype=np.float32) / np.float32(candidates)
-    grid = fractions[:, None] * top[None, :]  # (candidates, C)
+    magnitude = scheme == "sign-magnitude"
+    top = jnp.max(jnp.abs(rows) if magnitude else rows, axis=1)
+    grid = fit_alpha_grid(top, candidates, "magnitude" if magnitude else "value")  # (candidates, C)
     alpha = _fit_alpha(rows, jnp.asarray(grid), (int(b), int(k), None if channel_axis is None else 0, scheme))
     return alpha.reshape(()) if channel_axis is None else alpha
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from apot_common.tables import level_table, sign_magnitude_table
+from apot_common.tables import fit_alpha_grid, level_table, sign_magnitude_table
 from apot_torch import levels as _levels
 from apot_torch.fake_quantize_function import ste_mask
 from apot_torch.quantizer import APoTQuantizer, _lookup, as_float32
@@ -327,8 +326,6 @@ def fit_alpha(
     """
     x = as_float32(x, "fit_alpha")
     _check_scheme(scheme, b, k)
-    if int(candidates) < 1:
-        raise ValueError(f"candidates must be >= 1, got {candidates}")
     if channel_axis is None:
         rows = x.reshape(1, -1)
     elif scheme != "sign-magnitude":
@@ -337,12 +334,9 @@ def fit_alpha(
         rows = _rows(x, _channel_axis(channel_axis, x.dim()))
     if rows.numel() == 0 or not bool(torch.isfinite(rows).all()):
         raise ValueError("fit_alpha needs a non-empty, finite x")
-    top = (rows.abs() if scheme == "sign-magnitude" else rows).amax(dim=1).cpu().numpy()
-    if not (top > 0).all():
-        raise ValueError(f"fit_alpha needs a positive {'magnitude' if scheme == 'sign-magnitude' else 'value'} in x")
-    # on the host, as in apot_jax: torch on CUDA divides by a scalar through its rounded reciprocal
-    fractions = np.arange(1, int(candidates) + 1, dtype=np.float32) / np.float32(candidates)
-    grid = torch.from_numpy(fractions[:, None] * top[None, :]).to(x.device)  # (candidates, C)
+    magnitude = scheme == "sign-magnitude"
+    top = (rows.abs() if magnitude else rows).amax(dim=1).cpu().numpy()
+    grid = torch.from_numpy(fit_alpha_grid(top, candidates, "magnitude" if magnitude else "value")).to(x.device)
     axis = None if channel_axis is None else 0
     errors = []
     for alphas in grid:
