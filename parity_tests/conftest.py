@@ -138,13 +138,41 @@ class ParityRecorder:
         return sum(r.comparisons for r in self.results)
 
 
+_CALL_REPORT = pytest.StashKey["pytest.TestReport"]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.stash[_CALL_REPORT] = report
+
+
 @pytest.fixture
 def parity(request):
-    return ParityRecorder(request.config.stash[_LOG], request.node.nodeid)
+    """The test's recorder. At teardown it fails the test (an error in the
+    teardown phase) if any recorded comparison is not ``pass``, or if the
+    test body passed without recording a single comparison: a test cannot
+    forget to call :meth:`ParityRecorder.assert_ok`."""
+    recorder = ParityRecorder(request.config.stash[_LOG], request.node.nodeid)
+    yield recorder
+    report = request.node.stash.get(_CALL_REPORT, None)
+    if report is None or not report.passed:
+        return  # the body skipped or already failed (assert_ok, an assert)
+    failed = [r for r in recorder.results if r.status != "pass"]
+    if failed:
+        lines = [f"{r.backend} | {r.case} | {r.check}: {r.detail}" for r in failed[:8]]
+        more = f"\n... and {len(failed) - 8} more" if len(failed) > 8 else ""
+        pytest.fail(f"parity teardown: {len(failed)} of {len(recorder.results)} recorded checks differ:\n"
+                    + "\n".join(lines) + more, pytrace=False)
+    if not recorder.results:
+        pytest.fail(f"parity teardown: {request.node.nodeid} used the parity fixture but recorded no "
+                    "comparison", pytrace=False)
 
 
 def pytest_runtest_logreport(report):
-    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+    if report.when == "call" or (report.when in ("setup", "teardown") and report.outcome != "passed"):
         log = _current_log
         if log is not None:
             log.outcomes.append({"test": report.nodeid, "outcome": report.outcome,

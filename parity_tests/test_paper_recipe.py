@@ -18,8 +18,8 @@ jax = pytest.importorskip("jax", reason="paper-recipe parity needs jax")
 torch = pytest.importorskip("torch", reason="paper-recipe parity needs torch")
 import jax.numpy as jnp  # noqa: E402
 
-jpaper = pytest.importorskip("apot_jax.paper", reason="apot_jax.paper is missing")
-tpaper = pytest.importorskip("apot_torch.paper", reason="apot_torch.paper is missing")
+import apot_jax.paper as jpaper  # noqa: E402
+import apot_torch.paper as tpaper  # noqa: E402
 from apot_jax import export as jexport  # noqa: E402
 from apot_jax.fake_quantize_module import LearnableAPoTFakeQuantize as JaxLearnable  # noqa: E402
 from apot_torch import export as texport  # noqa: E402

@@ -34,8 +34,8 @@ nn_torch = torch.nn
 jax = pytest.importorskip("jax", reason="training parity needs jax")
 import jax.numpy as jnp  # noqa: E402
 
-jfq = pytest.importorskip("apot_jax.fake_quantize_module", reason="apot_jax.fake_quantize_module is not written yet")
-tqc = pytest.importorskip("apot_torch.qconfig", reason="apot_torch.qconfig is not written yet")
+import apot_jax.fake_quantize_module as jfq  # noqa: E402
+import apot_torch.qconfig as tqc  # noqa: E402
 import flax.linen as nn  # noqa: E402
 import optax  # noqa: E402
 
