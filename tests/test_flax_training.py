@@ -188,3 +188,37 @@ def test_qat_training_learns(digits):
             state, metrics = step(state, jnp.asarray(x), jnp.asarray(y))
     after = T.accuracy(eval_fn, state, x_te, y_te)
     assert before < 0.3 and after > 0.8, (before, after)
+
+
+def test_train_step_is_the_sgd_rule_of_the_loss(digits):
+    """One jitted ``make_train_step`` equals, bit for bit, the SGD rule
+    ``p - lr * g`` written out here for the gradient of the mean
+    cross-entropy of the same model, and updates the statistics as a plain
+    forward does: a change of one ulp in the training step shows."""
+    model = _model(signed_weights=True)
+    lr = 0.05
+    tx = optax.sgd(lr)
+    (x, y), = _batches(digits, 1)
+    state = T.init_state(model, tx, jax.random.key(0), x)
+    new, metrics = T.make_train_step(model, tx)(state, x, y)
+
+    @jax.jit
+    def reference(params, stats, x, y):
+        def loss_fn(p):
+            logits, upd = model.apply({"params": p, "quant_stats": stats}, x, mutable=["quant_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), upd["quant_stats"]
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return loss, new_stats, jax.tree_util.tree_map(lambda p, g: p + (-lr) * g, params, grads)
+
+    loss, stats, params = reference(state.params, state.quant_stats, x, y)
+    assert int(new.step) == 1
+    assert np.asarray(metrics["loss"]).tobytes() == np.asarray(loss).tobytes()
+    got, want = jax.tree_util.tree_leaves(new.params), jax.tree_util.tree_leaves(params)
+    assert len(got) == len(want) == 4
+    for a, b in zip(got, want):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    for a, b in zip(jax.tree_util.tree_leaves(new.quant_stats), jax.tree_util.tree_leaves(stats)):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(got, jax.tree_util.tree_leaves(state.params))]
+    assert min(moved) > 0  # every parameter moved
