@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from apot_common.tables import FLOAT32_TINY
-from apot_torch.quantizer import APoTQuantizer, as_float32
+from apot_torch.quantizer import APoTQuantizer, as_float32, scalar_qparams
 
 
 def ste_mask(x: Tensor, alpha: Tensor) -> Tensor:
@@ -34,6 +34,10 @@ class fake_quantize_function(torch.autograd.Function):  # noqa: N801 (prototype 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor, level_indices: Tensor):
         as_float32(x, "fake_quantize_function")
+        # 1-element qparams act as 0-d ones (the mask keeps x's shape)
+        alpha, gamma, quantization_levels, level_indices = scalar_qparams(
+            alpha, gamma, quantization_levels, level_indices
+        )
         ctx.save_for_backward(ste_mask(x, alpha))
         return APoTQuantizer(alpha, gamma, quantization_levels, level_indices).quant_dequant(x)
 

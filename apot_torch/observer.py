@@ -72,6 +72,15 @@ class APoTObserver(ObserverBase):
         self.register_buffer("min_val", torch.tensor(float("inf")))
         self.register_buffer("max_val", torch.tensor(float("-inf")))
 
+    def __setattr__(self, name: str, value) -> None:
+        # The prototype's tests assign statistics: ``obs.min_val =
+        # torch.tensor([0.0])``. A 1-element value of any real dtype becomes a
+        # fresh float32 0-d buffer on the buffer's device (a copy: the
+        # caller's tensor is never written later), so the qparams are 0-d.
+        if name in ("min_val", "max_val") and name in self.__dict__.get("_buffers", {}):
+            value = _statistic(name, value, self._buffers[name])
+        super().__setattr__(name, value)
+
     def forward(self, x_orig: Tensor) -> Tensor:
         """Update the statistics with ``x_orig`` and return it unchanged."""
         lo, hi = observe(self.min_val, self.max_val, x_orig.detach())
@@ -90,5 +99,46 @@ class APoTObserver(ObserverBase):
             raise RuntimeError("APoTObserver has not observed any finite value yet; call it on data first")
         return calculate_qparams(self.min_val, self.max_val, self.b, self.k, signed)
 
+    @torch.jit.unused
+    def quant_levels_visualization(self, signed: bool = False):
+        """The prototype's plot of the quantization function on ``[0, 1)``
+        (1000 points, ``apot_to_float(float_to_apot(x))``), shown with
+        ``plt.show()``. Needs matplotlib (``apot[qat]``); returns the figure.
+
+        Raises:
+          RuntimeError: nothing finite has been observed yet.
+        """
+        import matplotlib.pyplot as plt
+
+        from apot_torch.apot_utils import apot_to_float, float_to_apot
+
+        alpha, _, quantization_levels, level_indices = self.calculate_qparams(signed)
+        xs = torch.arange(1000, dtype=torch.float64).div(1000.0).to(torch.float32)
+        ys = apot_to_float(float_to_apot(xs, quantization_levels, level_indices, alpha), quantization_levels,
+                           level_indices)  # fmt: skip
+        figure = plt.figure(figsize=(15, 10))
+        plt.plot(xs.tolist(), ys.tolist())
+        plt.title("APoT Quantization Plot")
+        plt.xlabel("Full Precision")
+        plt.ylabel("Quantized")
+        plt.show()
+        return figure
+
     def extra_repr(self) -> str:
         return f"b={self.b}, k={self.k}"
+
+
+def _statistic(name: str, value, current: Tensor) -> Tensor:
+    """A float32 0-d copy of an assigned statistic on ``current``'s device.
+
+    Raises:
+      TypeError: not a tensor, or a complex / boolean one.
+      ValueError: not exactly one element.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"APoTObserver.{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"APoTObserver.{name} must be real, got dtype {value.dtype}")
+    if value.numel() != 1:
+        raise ValueError(f"APoTObserver.{name} must hold one value, got shape {tuple(value.shape)}")
+    return value.detach().to(device=current.device, dtype=torch.float32).reshape(()).clone()

@@ -34,6 +34,57 @@ def as_float32(x: Tensor, what: str) -> Tensor:
     return x.to(torch.float32)
 
 
+def _float32_qparam(t: Tensor, name: str) -> Tensor:
+    """``t`` as float32; TypeError for a non-tensor, complex or integer
+    tensor, ValueError for a value that float32 cannot hold exactly (a cast
+    would silently move a level or the clipping value)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_complex() or not t.is_floating_point():
+        raise TypeError(f"{name} must be a real floating-point tensor, got dtype {t.dtype}")
+    if t.dtype == torch.float32:
+        return t
+    t32 = t.to(torch.float32)
+    same = (t32.to(t.dtype) == t) | (torch.isnan(t) & torch.isnan(t32.to(t.dtype)))
+    if not bool(same.all()):
+        bad = t.reshape(-1)[~same.reshape(-1)][0].item()
+        raise ValueError(f"{name} of dtype {t.dtype} holds {bad!r}, which float32 cannot represent exactly; "
+                         "APoT qparams are float32")
+    return t32
+
+
+def scalar_qparams(
+    alpha: Tensor, gamma: Tensor, quantization_levels: Tensor, level_indices: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One tensor's qparams in the shapes the lookup needs: ``alpha``, ``gamma``
+    float32 ``()``; ``quantization_levels`` float32 ``(N,)``; ``level_indices``
+    integer ``(N,)``.
+
+    1-element qparams (``(1,)`` alpha, ``(1, N)`` levels, what the prototype's
+    ``obs.min_val = torch.tensor([0.0])`` gives) are taken as the 0-d ones;
+    float64/float16/bfloat16 values are accepted when float32 holds them
+    exactly. Anything else is a ``TypeError``/``ValueError`` naming it.
+    """
+    alpha = _float32_qparam(alpha, "alpha")
+    gamma = _float32_qparam(gamma, "gamma")
+    quantization_levels = _float32_qparam(quantization_levels, "quantization_levels")
+    for name, t in (("alpha", alpha), ("gamma", gamma)):
+        if t.numel() != 1:
+            raise ValueError(f"{name} must hold one value (per-tensor qparams), got shape {tuple(t.shape)}")
+    if not isinstance(level_indices, Tensor):
+        raise TypeError(f"level_indices must be a torch.Tensor, got {type(level_indices).__name__}")
+    if level_indices.is_floating_point() or level_indices.is_complex() or level_indices.dtype == torch.bool:
+        raise TypeError(f"level_indices must be an integer tensor, got dtype {level_indices.dtype}")
+    if quantization_levels.dim() > 1 and all(d == 1 for d in quantization_levels.shape[:-1]):
+        quantization_levels = quantization_levels.reshape(-1)
+    if quantization_levels.dim() != 1 or level_indices.reshape(-1).shape != quantization_levels.shape:
+        raise ValueError(
+            f"quantization_levels must be (N,) and level_indices (N,), got shapes {tuple(quantization_levels.shape)} "
+            f"and {tuple(level_indices.shape)}"
+        )
+    return alpha.reshape(()), gamma.reshape(()), quantization_levels, level_indices.reshape(-1)
+
+
 def _lookup(x: Tensor, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor, values: Tensor, nan_value) -> Tensor:
     """``values[p(x)]`` for the contract's chosen position ``p`` of each element.
 
@@ -132,10 +183,18 @@ class APoTQuantizer:
     """
 
     def __init__(self, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor, level_indices: Tensor) -> None:
+        # 1-element qparams act as 0-d ones; bad dtypes/shapes are refused here
+        alpha, gamma, quantization_levels, level_indices = scalar_qparams(
+            alpha, gamma, quantization_levels, level_indices
+        )
         self.alpha = alpha
         self.gamma = gamma
         self.quantization_levels = quantization_levels
         self.level_indices = level_indices
+
+    def q_apot_alpha(self) -> float:
+        """The prototype's unimplemented stub: always ``NotImplementedError``."""
+        raise NotImplementedError("APoTQuantizer.q_apot_alpha is not implemented (neither is the prototype's)")
 
     def _positions_lookup(self, x32: Tensor, values: Tensor, nan_value) -> Tensor:
         return _lookup(x32, self.alpha, self.gamma, self.quantization_levels, values, nan_value)
