@@ -17,6 +17,10 @@ asserts what ``apot_torch`` does instead, and why, in its docstring:
   derivative of its step-function forward, so ``gradcheck`` must fail (the
   prototype's backward raised before ``gradcheck`` could compare anything);
   the backward is checked against ``clamp`` instead.
+* equal levels of the signed table: the prototype's unstable ``torch.sort``
+  left their order open; apot keeps the lower code first
+  (``test_signed_equal_levels_order_difference``, beside the ported
+  ``test_calculate_qparams_signed``, which checks only uniqueness).
 * the prototype's ``test_forward`` of ``APoTFakeQuantize`` passes a second
   argument that its own ``forward(X)`` does not take (a ``TypeError`` on the
   prototype too); ported with ``forward(X)``.
@@ -123,6 +127,23 @@ def test_observer_calculate_qparams(b, k, signed, size):
     if signed:
         values = quantization_levels.tolist()
         assert all(-v in values for v in values)
+
+
+def test_signed_equal_levels_order_difference():
+    """The prototype ordered the levels with ``torch.sort`` (unstable), so
+    among equal levels of the signed table (49 combinations, 39 values for
+    b=4, k=2) the order of the codes was unspecified. apot sorts by the exact
+    sums, stably: equal levels keep the lower code first (numerics 3, 7)."""
+    obs = _observer_with(4, 2, [0.0], [1.0])
+    _, _, levels, indices = obs.calculate_qparams(signed=True)
+    values, idx = levels.tolist(), indices.tolist()
+    assert len(set(values)) == 39
+    runs = 0
+    for p in range(1, len(values)):
+        if values[p] == values[p - 1]:
+            runs += 1
+            assert idx[p] > idx[p - 1]
+    assert runs == 49 - 39
 
 
 def test_observer_forward():
