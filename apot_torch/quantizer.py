@@ -92,19 +92,48 @@ def _lookup(x: Tensor, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor
     (``(N,)``). The three strategies of ``apot_jax.quantizer._lookup`` compute
     the same ``p = count(thresholds < x)``; they differ only in speed
     (``benchmarks/bench_torch.py``). Returns ``values.dtype``, shaped like ``x``.
+
+    Under ``torch.compile``, up to ``SELECT_CHAIN_MAX_LEVELS`` levels are a
+    chain of selects traced into the caller's graph; more levels are one
+    opaque operator (``apot::lookup``, so the caller's graph does not break
+    at the data-dependent choice of strategy) whose exact-grid case runs a
+    fused Inductor kernel (``_grid_lookup``).
     """
     x = x.detach()  # comparisons and indices carry no gradient to x anyway
+    if torch.compiler.is_compiling():
+        n = quantization_levels.shape[0]
+        if n <= SELECT_CHAIN_MAX_LEVELS:
+            theta = _levels.thresholds(quantization_levels, alpha)
+            nan = torch.tensor(nan_value, dtype=values.dtype, device=values.device)
+            values = torch.where(torch.isnan(gamma), nan, values)
+            out = values[0].expand(x.shape)
+            for j in range(n - 1):
+                out = torch.where(x > theta[j], values[j + 1], out)
+            return torch.where(torch.isnan(x), nan, out)
+        if not values.requires_grad:
+            # the tables are small: traced (and fused) in the caller's graph
+            theta = _levels.thresholds(quantization_levels, alpha)
+            nan = torch.tensor(nan_value, dtype=values.dtype, device=values.device)
+            values = torch.where(torch.isnan(gamma), nan, values)
+            grid = _levels.rounding_grid(theta, quantization_levels, alpha)
+            ok = grid.exact & (grid.scale > 0) & (grid.scale < float("inf"))
+            below = values[grid.lower.clamp(max=n - 1)]
+            above = values[grid.upper.clamp(max=n - 1)]
+            top = torch.tensor(grid.threshold.shape[0] - 1, dtype=torch.float32, device=x.device)
+            return torch.ops.apot.grid_or_search(x, theta, values, nan, ok, grid.origin, grid.scale, top, grid.threshold, below, above)
+    return _eager_lookup(x, alpha, gamma, quantization_levels, values, nan_value, False)
+
+
+def _eager_lookup(
+    x: Tensor, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor, values: Tensor, nan_value, inductor: bool
+) -> Tensor:
+    """``_lookup`` outside a traced graph: exact grid or binary search
+    (``inductor``: the grid as a fused compiled kernel, else ``_one_comparison``)."""
     theta = _levels.thresholds(quantization_levels, alpha)
     n = theta.shape[0]
     nan = torch.tensor(nan_value, dtype=values.dtype, device=values.device)
     # Unobserved qparams (NaN gamma): every element gets nan_value, whatever p is.
     values = torch.where(torch.isnan(gamma), nan, values)
-
-    if n <= SELECT_CHAIN_MAX_LEVELS and torch.compiler.is_compiling():
-        out = values[0].expand(x.shape)
-        for j in range(n - 1):
-            out = torch.where(x > theta[j], values[j + 1], out)
-        return torch.where(torch.isnan(x), nan, out)
 
     grid = _levels.rounding_grid(theta, quantization_levels, alpha)
     # With 0 < scale < inf, a cell coordinate is NaN exactly when x is (the
@@ -114,7 +143,63 @@ def _lookup(x: Tensor, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor
         out = values[torch.searchsorted(theta, x.contiguous(), right=False).clamp(max=n - 1)]
         return torch.where(torch.isnan(x), nan, out)
 
+    if inductor:
+        below = values[grid.lower.clamp(max=n - 1)]
+        above = values[grid.upper.clamp(max=n - 1)]
+        top = torch.tensor(grid.threshold.shape[0] - 1, dtype=torch.float32, device=x.device)
+        return _compiled_grid_lookup()(x.reshape(-1), grid.origin, grid.scale, top, grid.threshold, below, above, nan).view(x.shape)
     return _one_comparison(x, grid, values, nan)
+
+
+def _grid_lookup(
+    x: Tensor, origin: Tensor, scale: Tensor, top: Tensor, threshold: Tensor, below: Tensor, above: Tensor, nan: Tensor
+) -> Tensor:
+    """The exact grid's one comparison as plain tensor code, for Inductor to
+    fuse into one pass: cell ``c`` (as ``_levels.grid_cell``, ``top`` = cells
+    - 1), then ``above[c]`` where ``x > threshold[c]`` else ``below[c]``
+    (``below``/``above``: ``values`` at the cell's ``lower``/``upper``);
+    NaN ``x`` gives ``nan``. The same value as ``_one_comparison``."""
+    c = torch.nan_to_num(((x - origin) * scale).clamp(min=0).minimum(top), nan=0.0).to(torch.int64)
+    out = torch.where(x > threshold[c], above[c], below[c])
+    return torch.where(torch.isnan(x), nan, out)
+
+
+_COMPILED_GRID_LOOKUP = None
+
+
+def _compiled_grid_lookup():
+    global _COMPILED_GRID_LOOKUP
+    if _COMPILED_GRID_LOOKUP is None:
+        _COMPILED_GRID_LOOKUP = torch.compile(_grid_lookup, dynamic=True)
+    return _COMPILED_GRID_LOOKUP
+
+
+@torch.library.custom_op("apot::grid_or_search", mutates_args=())
+def _grid_or_search(
+    x: Tensor,
+    theta: Tensor,
+    values: Tensor,
+    nan: Tensor,
+    ok: Tensor,
+    origin: Tensor,
+    scale: Tensor,
+    top: Tensor,
+    threshold: Tensor,
+    below: Tensor,
+    above: Tensor,
+) -> Tensor:
+    """The data-dependent part of ``_lookup`` as one operator for traced
+    graphs: the exact grid (``ok``) as a fused compiled kernel, else the
+    binary search."""
+    if bool(ok):
+        return _compiled_grid_lookup()(x.reshape(-1), origin, scale, top, threshold, below, above, nan).view(x.shape)
+    out = values[torch.searchsorted(theta, x.contiguous(), right=False).clamp(max=theta.shape[0] - 1)]
+    return torch.where(torch.isnan(x), nan, out)
+
+
+@_grid_or_search.register_fake
+def _(x, theta, values, nan, ok, origin, scale, top, threshold, below, above):
+    return x.new_empty(x.shape, dtype=values.dtype)
 
 
 #: Elements per pass of _one_comparison on CPU: its temporaries are then
