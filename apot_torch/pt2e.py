@@ -1,0 +1,82 @@
+"""APoT fake quant for PT2E quantization-aware training (``prepare_qat_pt2e``).
+
+Status: prepare only. :class:`APoTQuantizer` annotates the weights of
+``aten.linear`` / ``aten.conv2d`` (and their inputs, when asked) with
+apot_torch's eager fake quants, so the prepared program trains exactly as
+the eager modules do. The convert to an exported program computing from
+integer codes is not written yet; use ``apot_torch.torchao`` for that.
+
+Not re-exported at the package top level: ``apot_torch.APoTQuantizer`` is
+the prototype's quantizer class.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.ao.quantization.fake_quantize import FakeQuantizeBase
+
+from apot_torch.torchao import APoTFakeQuantizeConfig
+
+try:
+    from torchao.quantization.pt2e.observer import _with_args
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, QuantizationSpec, Quantizer
+except ImportError as error:  # pragma: no cover
+    raise ImportError("apot_torch.pt2e needs torchao: pip install 'apot[torchao]'") from error
+
+_OPS = (torch.ops.aten.linear.default, torch.ops.aten.conv2d.default)
+
+
+class PT2EAPoTFakeQuantize(FakeQuantizeBase):
+    """An apot_torch fake quant behind the constructor PT2E calls: it takes
+    (and ignores) the ``QuantizationSpec`` keywords (``dtype``,
+    ``quant_min``, ``quant_max``, ``qscheme``, ``is_dynamic``)."""
+
+    def __init__(self, *, config: APoTFakeQuantizeConfig, channels: int | None = None, **spec_kwargs) -> None:
+        super().__init__()
+        if not isinstance(config, APoTFakeQuantizeConfig):
+            raise ValueError(f"config must be an APoTFakeQuantizeConfig, got {type(config).__name__}")
+        self.fake_quant = config.make(channels=channels)
+
+    # torchao's own partial wrapper: PT2E's prepare inspects it
+    with_args = classmethod(_with_args)
+
+    def forward(self, X: Tensor) -> Tensor:  # noqa: N803
+        return self.fake_quant(X)
+
+    @torch.jit.unused
+    def calculate_qparams(self):  # type: ignore[override]
+        return self.fake_quant.calculate_qparams()
+
+
+class APoTQuantizer(Quantizer):
+    """PT2E quantizer: APoT fake quant of linear/conv2d weights (``weight``)
+    and, optionally, their inputs (``activation``, per tensor)."""
+
+    def __init__(self, weight: APoTFakeQuantizeConfig, activation: APoTFakeQuantizeConfig | None = None) -> None:
+        super().__init__()
+        if not isinstance(weight, APoTFakeQuantizeConfig):
+            raise ValueError(f"weight must be an APoTFakeQuantizeConfig, got {type(weight).__name__}")
+        if activation is not None and (
+            not isinstance(activation, APoTFakeQuantizeConfig) or activation.per_channel or activation.normalize
+        ):
+            raise ValueError("activation must be a per-tensor APoTFakeQuantizeConfig without normalization, or None")
+        self.weight, self.activation = weight, activation
+
+    def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        for node in model.graph.nodes:
+            if node.op != "call_function" or node.target not in _OPS:
+                continue
+            x, w = node.args[0], node.args[1]
+            channels = int(w.meta["val"].shape[0])
+            spec = {w: QuantizationSpec(torch.int8, PT2EAPoTFakeQuantize.with_args(config=self.weight, channels=channels))}
+            if self.activation is not None:
+                spec[x] = QuantizationSpec(torch.uint8, PT2EAPoTFakeQuantize.with_args(config=self.activation))
+            node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=spec, _annotated=True)
+        return model
+
+    def validate(self, model: torch.fx.GraphModule) -> None:
+        return None
+
+
+__all__ = ["APoTQuantizer", "PT2EAPoTFakeQuantize"]
