@@ -1,6 +1,6 @@
 """APoT fake quant for PT2E quantization-aware training (``prepare_qat_pt2e``).
 
-Status: prepare only. :class:`APoTQuantizer` annotates the weights of
+:class:`APoTQuantizer` annotates the weights of
 ``aten.linear`` / ``aten.conv2d`` (and their inputs, when asked) with
 apot_torch's eager fake quants, so the prepared program trains exactly as
 the eager modules do. The convert to an exported program computing from
@@ -16,7 +16,9 @@ import torch
 from torch import Tensor
 from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
-from apot_torch.torchao import APoTFakeQuantizeConfig
+import copy
+
+from apot_torch.torchao import APoTFakeQuantizeConfig, FrozenAPoTActivation, _CodesWeight
 
 try:
     from torchao.quantization.pt2e.observer import _with_args
@@ -79,4 +81,46 @@ class APoTQuantizer(Quantizer):
         return None
 
 
-__all__ = ["APoTQuantizer", "PT2EAPoTFakeQuantize"]
+def convert(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of a ``prepare_qat_pt2e`` graph with APoT weights as integer
+    codes and frozen input quantizers (``model`` is not modified).
+
+    Raises:
+      ValueError: no APoT fake quant in the graph (not prepared with
+        :class:`APoTQuantizer`), or one without qparams yet.
+    """
+    model = copy.deepcopy(model)
+    graph = model.graph
+    found = False
+    for node in list(graph.nodes):
+        if node.op != "call_module" or not isinstance(model.get_submodule(node.target), PT2EAPoTFakeQuantize):
+            continue
+        found = True
+        fq = model.get_submodule(node.target).fake_quant
+        source = node.args[0]
+        name = f"{node.target}_apot"
+        if source.op == "get_attr":
+            weight = model.get_parameter(source.target)
+            model.add_submodule(name, _CodesWeight(weight, fq, f"weight {source.target!r}"))
+            with graph.inserting_before(node):
+                new = graph.call_module(name, ())
+        else:
+            model.add_submodule(name, FrozenAPoTActivation.from_fake_quant(fq, f"input of {node.name!r}"))
+            with graph.inserting_before(node):
+                new = graph.call_module(name, (source,))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        model.delete_submodule(node.target)
+    if not found:
+        raise ValueError("the graph has no APoT fake quant: prepare it with prepare_qat_pt2e(model, APoTQuantizer(...))")
+    graph.eliminate_dead_code()
+    used = {n.target for n in graph.nodes if n.op == "get_attr"}
+    for param_name, _ in list(model.named_parameters()):
+        if param_name not in used:
+            owner, _, leaf = param_name.rpartition(".")
+            delattr(model.get_submodule(owner) if owner else model, leaf)
+    model.recompile()
+    return model
+
+
+__all__ = ["APoTQuantizer", "PT2EAPoTFakeQuantize", "convert"]

@@ -14,7 +14,7 @@ pytest.importorskip("torchao", reason="PT2E lives in torchao (pip install 'apot[
 from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e  # noqa: E402
 
 import apot_torch as at  # noqa: E402
-from apot_torch.pt2e import APoTQuantizer  # noqa: E402
+from apot_torch.pt2e import APoTQuantizer, convert  # noqa: E402
 from apot_torch.torchao import APoTFakeQuantizeConfig as Cfg  # noqa: E402
 
 CASES = [
@@ -84,3 +84,30 @@ def test_pt2e_quantizer_refuses_bad_config():
         APoTQuantizer({"b": 4})
     with pytest.raises(ValueError, match="per-tensor"):
         APoTQuantizer(Cfg(4, 2, "signed"), Cfg(3, 2, "sign-magnitude", alpha="learnable", per_channel=True))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_pt2e_convert_computes_from_codes(case):
+    _, weight, _, activation, _ = case
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(16, 8)
+    prepared = prepare_qat_pt2e(torch.export.export(model, (x,)).module(), APoTQuantizer(weight, activation))
+    train(prepared, list(prepared.parameters()), steps=2)
+    prepared.apply(torch.ao.quantization.disable_observer)
+    state = {k: v.clone() for k, v in prepared.state_dict().items()}
+    converted = convert(prepared)
+    assert sorted(dict(converted.named_parameters())) == ["0.bias", "2.bias"]  # weights are codes
+    with torch.no_grad():
+        expected = prepared(x)
+    assert torch.equal(converted(x).view(torch.int32), expected.view(torch.int32))
+    program = torch.export.export(converted, (x,))
+    assert torch.equal(program.module()(x).view(torch.int32), expected.view(torch.int32))
+    for key, value in prepared.state_dict().items():  # the prepared graph is not modified
+        assert torch.equal(value, state[key]) or bool(torch.isnan(value).all()), key
+
+
+def test_pt2e_convert_unprepared_is_an_error():
+    model = torch.export.export(nn.Linear(4, 2), (torch.randn(3, 4),)).module()
+    with pytest.raises(ValueError, match="no APoT fake quant"):
+        convert(model)
