@@ -38,6 +38,32 @@ def validate_bits(b: int, k: int) -> int:
     return int(b) // int(k)
 
 
+def check_table_size(b: int, k: int, signed: bool) -> int:
+    """``n = b // k`` of a valid ``(b, k)`` whose table has at most
+    :data:`MAX_LEVELS` combinations; ``ValueError`` otherwise.
+
+    Decided on ``k`` and ``n`` before any power is formed, so a huge ``b`` or
+    ``k`` is refused at once (no megabit integer, no 4,000-digit message).
+    """
+    n = validate_bits(b, k)
+    limit_bits = MAX_LEVELS.bit_length() - 1  # 16
+    per_term = f"(2**({k}+1) - 1)" if signed else f"(2**{k})"
+    # every term set has at least 2**k (> 2**16 for k > 16) and at least 2
+    # choices (> 2**16 combinations for n > 16): refuse without computing
+    if int(k) > limit_bits or n > limit_bits:
+        raise ValueError(
+            f"APoT table for b={b}, k={k}, signed={bool(signed)} has {per_term}**{n} levels, more than the "
+            f"limit of {MAX_LEVELS} (choose a smaller b or k)"
+        )
+    count = num_combinations(b, k, signed)
+    if count > MAX_LEVELS:
+        raise ValueError(
+            f"APoT table for b={b}, k={k}, signed={bool(signed)} has {count} levels; "
+            f"the limit is {MAX_LEVELS} (choose a smaller b or k)"
+        )
+    return n
+
+
 def num_combinations(b: int, k: int, signed: bool) -> int:
     """Number of level combinations (codes) of the ``(b, k, signed)`` table."""
     n = validate_bits(b, k)
@@ -127,7 +153,9 @@ def level_table(b: int, k: int, signed: bool = False) -> LevelTable:
       ValueError: invalid ``(b, k)``, or a table larger than ``MAX_LEVELS``
         combinations or with terms finer than ``2**-MAX_TERM_EXPONENT``.
     """
-    validate_bits(b, k)  # before the cache: 4.0 must not hit the entry of 4
+    # before the cache: 4.0 must not hit the entry of 4, and a huge b is
+    # refused before anything is computed
+    check_table_size(b, k, signed)
     return _build_level_table(int(b), int(k), bool(signed))
 
 
@@ -224,6 +252,26 @@ class SignMagnitudeTable:
     @property
     def p_sum(self) -> float:
         return self.magnitude.p_sum
+
+
+def export_code_dtype(b: int) -> np.dtype:
+    """Narrowest signed integer dtype holding every ``b``-bit sign-magnitude
+    code (``|code| < 2**(b-1)``) and its NaN code ``-2**(b-1)``: int8 for
+    ``b <= 8``, int16 for ``b <= 16``, else int32."""
+    return np.dtype(np.int8 if b <= 8 else np.int16 if b <= 16 else np.int32)
+
+
+def check_export_codes(codes: np.ndarray, b: int) -> None:
+    """``ValueError`` naming the first code outside ``(-2**(b-1), 2**(b-1))``
+    (the NaN code ``-2**(b-1)`` included): the integer paths of an export
+    have no NaN to give, so they refuse. ``codes``: any integer array."""
+    half = 2 ** (int(b) - 1)
+    flat = np.asarray(codes).reshape(-1)
+    bad = np.nonzero((flat <= -half) | (flat >= half))[0]
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"code {int(flat[i])} at flat position {i} is outside (-{half}, {half}) for b={b} "
+                         f"(-{half} is the NaN code)")
 
 
 def default_magnitude_k(b: int) -> int:

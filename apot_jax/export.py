@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from apot_common.tables import sign_magnitude_table
+from apot_common.tables import check_export_codes, export_code_dtype, sign_magnitude_table
 from apot_jax import paper
 
 
@@ -35,7 +35,7 @@ class ExportedKernel:
     """An exported Dense kernel ``(in, out)`` or Conv kernel ``(*window, in, out)``.
 
     Attributes:
-      codes: int8 (``b <= 8``, else int16) signed codes, the kernel's shape.
+      codes: int8 (``b <= 8``), int16 (``b <= 16``) or int32 signed codes, the kernel's shape.
       alpha, gamma: float32 ``()`` or ``(out,)`` (per channel).
       scale: float32 ``(1, ..., 1, 1)`` or ``(1, ..., 1, out)`` (the kernel's
         rank): the normalization std (1 if the layer did not normalize).
@@ -98,7 +98,7 @@ def export_kernel(
     if (codes == sign_magnitude_table(b, k).nan_code).any():
         raise ValueError("export_kernel needs a kernel without NaN (NaN has no code)")
     return ExportedKernel(
-        codes=codes.astype(np.int8 if b <= 8 else np.int16),
+        codes=codes.astype(export_code_dtype(b)),
         alpha=np.asarray(qparams.alpha),
         gamma=np.asarray(qparams.gamma),
         scale=np.asarray(scale, np.float32).reshape(scale_shape),
@@ -149,6 +149,7 @@ def integer_weights(exported: ExportedKernel) -> tuple[np.ndarray, int]:
     int64 ``(in, out)`` (sign included), each a sum of at most ``n`` powers of
     two (the APoT terms in units of ``2**-D``)."""
     table = sign_magnitude_table(exported.b, exported.k).magnitude
+    check_export_codes(exported.codes, exported.b)
     d = table.n * (2**table.k - 1) - 1  # the finest term is 2**-d
     magnitude = np.rint(table.base_sum.astype(np.float64) * 2.0**d).astype(np.int64)
     codes = exported.codes.astype(np.int64)
@@ -175,8 +176,15 @@ def shift_add_matmul(x_int: np.ndarray, exported: ExportedKernel) -> np.ndarray:
     if exported.codes.ndim != 2:
         raise ValueError(f"shift_add_matmul needs a 2-D (Dense) kernel, got shape {exported.codes.shape}")
     table = sign_magnitude_table(exported.b, exported.k).magnitude
+    check_export_codes(exported.codes, exported.b)
     n, k = table.n, table.k
     d = n * (2**k - 1) - 1
+    # overflow check on Python ints of the extremes, before any cast:
+    # |x @ I| <= max|x| * in * max|I|, max|I| < 2**(d + 1)
+    peak = max(int(x.max()), -int(x.min())) if x.size else 0
+    if peak * x.shape[1] * 2 ** (d + 1) >= 2**63:
+        raise ValueError(f"shift_add_matmul: max|x_int| = {peak} times in = {x.shape[1]} times 2**{d + 1} "
+                         "would overflow int64")
     codes = exported.codes.astype(np.int64)
     sign, magnitude = np.sign(codes), np.abs(codes)
     x = x.astype(np.int64)

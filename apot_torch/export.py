@@ -11,7 +11,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from apot_common.tables import sign_magnitude_table
+from apot_common.tables import check_export_codes, export_code_dtype, sign_magnitude_table
 from apot_torch import paper
 
 
@@ -20,7 +20,7 @@ class ExportedWeight:
     """An exported linear weight ``(out, in)`` or convolution weight ``(out, in, *window)``.
 
     Attributes:
-      codes: int8 (``b <= 8``, else int16) signed codes, the weight's shape.
+      codes: int8 (``b <= 8``), int16 (``b <= 16``) or int32 signed codes, the weight's shape.
       alpha, gamma: float32 ``()`` or ``(out,)``.
       scale: float32 ``(1, 1, ...)`` or ``(out, 1, ...)`` (the weight's
         rank): the normalization std (1 without normalization).
@@ -83,7 +83,7 @@ def export_weight(
     if bool((codes == sign_magnitude_table(b, k).nan_code).any()):
         raise ValueError("export_weight needs a weight without NaN (NaN has no code)")
     return ExportedWeight(
-        codes=codes.to(torch.int8 if b <= 8 else torch.int16),
+        codes=codes.to(getattr(torch, export_code_dtype(b).name)),
         alpha=qparams.alpha,
         gamma=qparams.gamma,
         scale=scale.reshape(scale_shape),
@@ -127,6 +127,7 @@ def integer_weights(exported: ExportedWeight) -> tuple[Tensor, int]:
     """``(I, D)``: the weight's levels are ``gamma * I / 2**D`` exactly, ``I``
     int64 ``(out, in)``, each a signed sum of at most ``n`` powers of two."""
     table = sign_magnitude_table(exported.b, exported.k).magnitude
+    check_export_codes(exported.codes.cpu().numpy(), exported.b)
     d = table.n * (2**table.k - 1) - 1
     magnitude = torch.tensor(table.base_sum, dtype=torch.float64, device=exported.codes.device)
     magnitude = torch.round(magnitude * 2.0**d).to(torch.int64)
@@ -149,9 +150,18 @@ def shift_add_matmul(x_int: Tensor, exported: ExportedWeight) -> Tensor:
         raise ValueError("shift_add_matmul needs a 2-D integer activation")
     if exported.codes.dim() != 2:
         raise ValueError(f"shift_add_matmul needs a 2-D (linear) weight, got shape {tuple(exported.codes.shape)}")
+    if x_int.is_complex() or x_int.dtype == torch.bool:
+        raise ValueError(f"shift_add_matmul needs a 2-D integer activation, got dtype {x_int.dtype}")
     table = sign_magnitude_table(exported.b, exported.k).magnitude
+    check_export_codes(exported.codes.cpu().numpy(), exported.b)
     n, k = table.n, table.k
     d = n * (2**k - 1) - 1
+    # overflow check on Python ints of the extremes, before any cast:
+    # |x @ I| <= max|x| * in * max|I|, max|I| < 2**(d + 1)
+    peak = max(int(x_int.max()), -int(x_int.min())) if x_int.numel() else 0
+    if peak * x_int.shape[1] * 2 ** (d + 1) >= 2**63:
+        raise ValueError(f"shift_add_matmul: max|x_int| = {peak} times in = {x_int.shape[1]} times 2**{d + 1} "
+                         "would overflow int64")
     codes = exported.codes.to(torch.int64)
     sign, magnitude = torch.sign(codes), codes.abs()
     x = x_int.to(torch.int64)

@@ -128,8 +128,13 @@ class LinearAPoT(WeightedQuantizedModule):
             (``max|activation| * in_features`` must stay below ``2**53`` and
             times ``2**b - 1`` below ``2**63``).
         """
+        if activation.is_floating_point() or activation.is_complex():
+            raise TypeError(f"LinearAPoT.matmul needs integer activations, got dtype {activation.dtype}")
+        # the bound from Python ints of the extremes: abs() of int64's minimum
+        # wraps, and a cast of a wider or unsigned dtype could too
+        peak = max(int(activation.max()), -int(activation.min())) if activation.numel() else 0
+        bound = peak * activation.shape[1]
         activation = activation.to(torch.int64)
-        bound = int(activation.abs().max()) * activation.shape[1] if activation.numel() else 0
         if bound >= _FLOAT64_EXACT or bound * (2**self.b - 1) >= _INT64_LIMIT:
             raise ValueError(
                 f"LinearAPoT: max|activation| * in_features = {bound} is too large for an exact product"
@@ -166,8 +171,18 @@ class LinearAPoT(WeightedQuantizedModule):
             raise ValueError(f"LinearAPoT needs a 2-D activation, got shape {tuple(activation.shape)}")
         if activation.is_quantized:
             activation = activation.dequantize()
-        if activation.is_floating_point() and not bool(torch.isfinite(activation).all()):
-            raise ValueError("LinearAPoT needs finite activations")
+        if activation.is_complex():
+            raise TypeError(f"LinearAPoT needs real activations, got dtype {activation.dtype}")
+        if activation.is_floating_point():
+            if not bool(torch.isfinite(activation).all()):
+                raise ValueError("LinearAPoT needs finite activations")
+            # range-check before the cast to int64 (1e30 would wrap there)
+            peak = float(activation.detach().abs().max().trunc()) if activation.numel() else 0.0
+            if peak * activation.shape[1] >= _FLOAT64_EXACT:
+                raise ValueError(
+                    f"LinearAPoT: max|activation| = {peak:g} times in_features = {activation.shape[1]} is too "
+                    f"large for an exact product (limit 2**53)"
+                )
         decomposed = self.decompose_APoT(self.weight_transposed)
         return self.matmul(decomposed, activation.to(torch.int64)).to(torch.float32)
 
