@@ -69,15 +69,22 @@ _LAZY_EXPORTS = {
 __all__ += sorted(_LAZY_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _LAZY_EXPORTS:
-        import importlib
+#: Submodules imported on first attribute access: ``apot_jax.nnx.APoTDense``
+#: and ``apot_jax.linen.APoTDense`` (Flax's two namespaces, same class names).
+_LAZY_SUBMODULES = ("nnx", "linen")
 
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY_EXPORTS:
         value = getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
         globals()[name] = value
         return value
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"apot_jax.{name}")
     raise AttributeError(f"module 'apot_jax' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY_EXPORTS))
+    return sorted(set(globals()) | set(_LAZY_EXPORTS) | set(_LAZY_SUBMODULES))

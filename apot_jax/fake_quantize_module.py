@@ -399,40 +399,60 @@ class QuantStat(nnx.Variable):
     """NNX Variable type of observer statistics and fake-quant flags.
 
     ``nnx.state(model, QuantStat)`` selects exactly the fake-quant state (not
-    the params), e.g. to checkpoint or all-reduce it.
+    the params), e.g. to checkpoint or all-reduce it. Registered as the NNX
+    type of the linen collection ``"quant_stats"``, so ``nnx.bridge`` maps
+    the two layouts onto each other (Qwix registers its own ``QuantStat``
+    under that name on import; ``apot_jax.qwix`` registers this one again).
     """
 
 
-class _NNXFakeQuantBase(nnx.Module):
-    """Shared NNX logic: four ``QuantStat`` Variables and the pure step."""
+def register_quant_stats() -> None:
+    """Make :class:`QuantStat` the NNX type of the ``"quant_stats"`` collection."""
+    nnx.register_variable_name(QUANT_STATS, QuantStat, overwrite=True)
 
-    def __init__(self) -> None:
+
+register_quant_stats()
+
+
+class _NNXFakeQuantBase(nnx.Module):
+    """Shared NNX logic: four ``QuantStat`` Variables and the pure step.
+
+    ``use_running_average`` (static, ``False`` initially) is the attribute
+    ``nnx.Module.eval()`` / ``.train()`` set, as on ``nnx.BatchNorm``: while
+    it is ``True`` the observer is frozen (the stored statistics are used and
+    kept), whatever ``observer_enabled`` says.
+    """
+
+    def __init__(self, *, use_running_average: bool = False) -> None:
         init = _init_stats()
         self.min_val = QuantStat(init["min_val"])
         self.max_val = QuantStat(init["max_val"])
         self.observer_enabled = QuantStat(init["observer_enabled"])
         self.fake_quant_enabled = QuantStat(init["fake_quant_enabled"])
+        self.use_running_average = bool(use_running_average)
 
     def _quantizer(self) -> Quantizer:
         raise NotImplementedError
+
+    def step(self, x: jax.Array, *, update: bool = True) -> jax.Array:
+        """Fake-quantize ``x``; store the new statistics only if ``update``
+        (the Qwix provider passes Qwix's own decision)."""
+        observer = jnp.int32(0) if self.use_running_average else self.observer_enabled[...]
+        y, new_min, new_max = fake_quant_step(
+            x, self.min_val[...], self.max_val[...], observer, self.fake_quant_enabled[...], self._quantizer()
+        )
+        if update:
+            self.min_val[...] = new_min
+            self.max_val[...] = new_max
+        return y
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Fake-quantize ``x`` (any shape, floating); returns its shape and dtype.
 
         The statistics Variables are updated here (unchanged when the observer
-        is disabled), outside the ``custom_vjp``.
+        is disabled or frozen by ``eval()``), outside the ``custom_vjp``.
         """
-        y, new_min, new_max = fake_quant_step(
-            x,
-            self.min_val[...],
-            self.max_val[...],
-            self.observer_enabled[...],
-            self.fake_quant_enabled[...],
-            self._quantizer(),
-        )
-        self.min_val[...] = new_min
-        self.max_val[...] = new_max
-        return y
+        return self.step(x)
 
     def enable_observer(self) -> None:
         self.observer_enabled[...] = jnp.int32(1)
@@ -454,10 +474,10 @@ class NNXAPoTFakeQuantize(_NNXFakeQuantBase):
     ``fake_quant_enabled`` (int32 scalars). Before any observation with the
     observer disabled, the output is NaN everywhere."""
 
-    def __init__(self, b: int, k: int, signed: bool = False) -> None:
+    def __init__(self, b: int, k: int, signed: bool = False, *, use_running_average: bool = False) -> None:
         level_table(b, k, signed)  # ValueError at construction
         self.b, self.k, self.signed = int(b), int(k), bool(signed)
-        super().__init__()
+        super().__init__(use_running_average=use_running_average)
 
     def _quantizer(self) -> Quantizer:
         return apot_quantizer(self.b, self.k, self.signed)
@@ -467,10 +487,10 @@ class NNXSignMagnitudeFakeQuantize(_NNXFakeQuantBase):
     """NNX twin of :class:`SignMagnitudeFakeQuantize` (same outputs and state
     bit for bit)."""
 
-    def __init__(self, b: int, k: int) -> None:
+    def __init__(self, b: int, k: int, *, use_running_average: bool = False) -> None:
         sign_magnitude_table(b, k)  # ValueError at construction
         self.b, self.k = int(b), int(k)
-        super().__init__()
+        super().__init__(use_running_average=use_running_average)
 
     def _quantizer(self) -> Quantizer:
         return sign_magnitude_quantizer(self.b, self.k)
@@ -479,10 +499,10 @@ class NNXSignMagnitudeFakeQuantize(_NNXFakeQuantBase):
 class NNXUniformFakeQuantize(_NNXFakeQuantBase):
     """NNX twin of :class:`UniformFakeQuantize`."""
 
-    def __init__(self, b: int, signed: bool = True) -> None:
+    def __init__(self, b: int, signed: bool = True, *, use_running_average: bool = False) -> None:
         uniform_quantizer(b, signed)  # ValueError at construction
         self.b, self.signed = int(b), bool(signed)
-        super().__init__()
+        super().__init__(use_running_average=use_running_average)
 
     def _quantizer(self) -> Quantizer:
         return uniform_quantizer(self.b, self.signed)
@@ -530,6 +550,7 @@ __all__ = [
     "UniformFakeQuantize",
     "apot_quantizer",
     "fake_quant_step",
+    "register_quant_stats",
     "set_flags",
     "sign_magnitude_quantizer",
     "uniform_quantizer",

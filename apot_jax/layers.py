@@ -303,9 +303,10 @@ class APoTConv(nn.Module):
 
 
 class NNXAPoTDense(nnx.Module):
-    """NNX twin of :class:`APoTDense` (needs ``in_features`` and ``rngs``).
+    """NNX twin of :class:`APoTDense`, with ``nnx.Linear``'s signature
+    (``in_features, out_features, *, rngs``; exported as ``apot_jax.nnx.APoTDense``).
 
-    Params ``kernel (in_features, features)`` and ``bias (features,)`` are
+    Params ``kernel (in_features, out_features)`` and ``bias (out_features,)`` are
     ``nnx.Param``; the fake quants are ``self.weight_quant`` /
     ``self.input_quant`` (``None`` when disabled), whose state is ``QuantStat``.
     Given the same params and state, outputs equal the linen layer's bitwise.
@@ -314,7 +315,7 @@ class NNXAPoTDense(nnx.Module):
     def __init__(
         self,
         in_features: int,
-        features: int,
+        out_features: int,
         *,
         b: int = 4,
         k: int = 2,
@@ -333,26 +334,29 @@ class NNXAPoTDense(nnx.Module):
         rngs: nnx.Rngs,
     ) -> None:
         _check_layer(weight_quant, input_quant, b, k, weight_k)
-        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, features), jnp.float32))
-        self.bias = nnx.Param(bias_init(rngs.params(), (features,), jnp.float32)) if use_bias else None
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), jnp.float32))
+        self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32)) if use_bias else None
         self.input_quant = _nnx_input_quantizer(input_quant, b, k, signed_inputs, input_alpha_init)
         self.weight_quant = _nnx_weight_quantizer(
-            weight_quant, b, k, signed_weights, features, weight_k, weight_norm, per_channel, alpha_init
+            weight_quant, b, k, signed_weights, out_features, weight_k, weight_norm, per_channel, alpha_init
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """``x (..., in_features)`` float32 -> ``(..., features)``."""
+        """``x (..., in_features)`` float32 -> ``(..., out_features)``."""
         x, kernel = _nnx_quantized_operands(self, x)
         return _dense(x, kernel, None if self.bias is None else self.bias[...])
 
 
 class NNXAPoTConv(nnx.Module):
-    """NNX twin of :class:`APoTConv` (needs ``in_features`` and ``rngs``)."""
+    """NNX twin of :class:`APoTConv`, with ``nnx.Conv``'s signature
+    (``in_features, out_features, kernel_size, *, strides, padding, rngs``;
+    exported as ``apot_jax.nnx.APoTConv``)."""
 
     def __init__(
         self,
         in_features: int,
-        features: int,
+        out_features: int,
         kernel_size: Sequence[int],
         *,
         strides: int | Sequence[int] = 1,
@@ -375,17 +379,19 @@ class NNXAPoTConv(nnx.Module):
     ) -> None:
         _check_layer(weight_quant, input_quant, b, k, weight_k)
         window = tuple(int(s) for s in kernel_size)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.kernel_size = window
         self.strides = _tuple(strides, len(window))
         self.padding = padding
-        self.kernel = nnx.Param(kernel_init(rngs.params(), window + (in_features, features), jnp.float32))
-        self.bias = nnx.Param(bias_init(rngs.params(), (features,), jnp.float32)) if use_bias else None
+        self.kernel = nnx.Param(kernel_init(rngs.params(), window + (in_features, out_features), jnp.float32))
+        self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32)) if use_bias else None
         self.input_quant = _nnx_input_quantizer(input_quant, b, k, signed_inputs, input_alpha_init)
         self.weight_quant = _nnx_weight_quantizer(
-            weight_quant, b, k, signed_weights, features, weight_k, weight_norm, per_channel, alpha_init
+            weight_quant, b, k, signed_weights, out_features, weight_k, weight_norm, per_channel, alpha_init
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """``x (N, *spatial, in_features)`` float32 -> ``(N, *spatial_out, features)``."""
+        """``x (N, *spatial, in_features)`` float32 -> ``(N, *spatial_out, out_features)``."""
         x, kernel = _nnx_quantized_operands(self, x)
         return _conv(x, kernel, None if self.bias is None else self.bias[...], self.strides, self.padding)
 
