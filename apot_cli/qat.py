@@ -83,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use the unsigned APoT table for weights too (the prototype's default: negative weights become 0)",
     )
+    parser.add_argument(
+        "--qwix",
+        action="store_true",
+        help="also train each prototype variant as an unmodified linen MLP (nn.Dense) quantized through "
+        "qwix.quantize_model with apot_jax.qwix.ApotQatProvider (needs apot[qwix]); its rows equal the APoT rows",
+    )
     parser.add_argument("--timing-steps", type=int, default=20, help="steps per timing round (default: 20)")
     parser.add_argument("--timing-rounds", type=int, default=5, help="interleaved timing rounds (default: 5)")
     parser.add_argument("--out", default=None, help="directory for results.json (and plots with --plot)")
@@ -184,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
                     "quant": T.QuantConfig(bits=b, k=k, quantize=args.quantize, signed_weights=signed_weights),
                 }
             )
+            if args.qwix:
+                variants.append({**variants[-1], "variant": f"qwix APoT {args.quantize}", "qwix": True})
     if "paper" in args.recipe:
         for b in args.paper_bits:
             weight_k, k = _paper_k(b)
@@ -206,7 +214,10 @@ def run(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     for v in variants:
         quant = v["quant"]
-        model = T.MLP(hidden=tuple(args.hidden), quant=quant, quantize_input=args.quantize_input)
+        if v.get("qwix"):
+            model = _qwix_mlp(args.hidden, quant, args.quantize_input)
+        else:
+            model = T.MLP(hidden=tuple(args.hidden), quant=quant, quantize_input=args.quantize_input)
         is_float = quant.bits is None
         tx = optax.adam(args.lr if is_float else args.qat_lr)
         state = T.init_state(model, tx, rng, sample)
@@ -270,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         v["step_time_ratio"] = v["step_ms"] / float_ms
     wall = time.perf_counter() - t_start
 
-    rows = [{key: val for key, val in v.items() if key != "quant"} for v in variants]
+    rows = [{key: val for key, val in v.items() if key not in ("quant", "qwix")} for v in variants]
     print(_format_table(rows))
     float_acc = rows[0]["test_accuracy"]
     print(
@@ -311,6 +322,37 @@ def _weight_levels(quant: Any, signed_weights: bool) -> int:
     if quant.recipe == "paper":
         return 2**quant.bits - 1  # sign-magnitude: exactly 2**b - 1 distinct levels
     return _distinct_levels(quant.bits, quant.k, signed_weights)
+
+
+def _qwix_mlp(hidden: list[int], quant: Any, quantize_input: bool) -> Any:
+    """An unmodified linen MLP of ``nn.Dense`` layers (named like ``T.MLP``'s, so
+    the float weights load as they are), quantized through the Qwix provider
+    with the rules that mean ``quant`` (prototype recipe)."""
+    import flax.linen as nn
+    import qwix
+
+    from apot_jax.qwix import ApotQatProvider, ApotRule
+
+    widths = tuple(hidden) + (10,)
+
+    class PlainMLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            for i, width in enumerate(widths):
+                x = nn.Dense(width, name=f"dense{i}")(x)
+                if i < len(widths) - 1:
+                    x = nn.relu(x)
+            return x
+
+    weight = dict(
+        weight_bits=quant.bits if quant.weight_quant else None,
+        weight_k=quant.k,
+        weight_scheme="signed" if quant.signed_weights else "unsigned",
+    )
+    act = dict(act_bits=quant.bits, act_k=quant.k) if quant.input_quant else {}
+    first = {} if quantize_input else {"act_bits": None}
+    rules = [ApotRule(module_path="dense0", **(weight | act | first)), ApotRule(module_path=".*", **(weight | act))]
+    return qwix.quantize_model(PlainMLP(), ApotQatProvider(rules))
 
 
 def _with_float_weights(params: dict[str, Any], float_params: dict[str, Any]) -> dict[str, Any]:

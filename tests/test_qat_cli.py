@@ -94,3 +94,17 @@ def test_qat_paper_recipe_with_observed_activation_alpha(tmp_path, capsys):
 def test_qat_refuses_bad_paper_bits(capsys):
     assert main(["qat", "--recipe", "paper", "--paper-bits", "1", *TINY]) == 2
     assert "b >= 2" in capsys.readouterr().err
+
+
+def test_qat_qwix_rows_equal_the_apot_layer_rows(tmp_path):
+    """An unmodified nn.Dense MLP through the Qwix provider trains exactly like
+    the same MLP of APoTDense layers: same accuracy and learning curve."""
+    pytest.importorskip("qwix")  # optional third-party extra apot[qwix]
+    out = tmp_path / "run"
+    assert main(["qat", "--recipe", "prototype", "--bits", "4", "--qwix", *TINY, "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())["results"]
+    assert [r["variant"] for r in rows] == ["float", "APoT both", "qwix APoT both"]
+    apot, through_qwix = rows[1], rows[2]
+    assert through_qwix["test_accuracy"] == apot["test_accuracy"]
+    assert through_qwix["history"]["train_loss"] == apot["history"]["train_loss"]
+    assert through_qwix["history"]["test_accuracy"] == apot["history"]["test_accuracy"]
