@@ -204,11 +204,13 @@ def test_nnx_model_through_provider_equals_apot_layers(arch, scheme):
     for what, a, b in nnx_pairs(qm, ref, layers, scheme):
         assert_bitwise(a, b, f"{what} after eval")
     if scheme != "paper":
-        frozen = np.asarray(ref.l0.weight_quant.max_val[...] if arch == "mlp" else ref.c0.weight_quant.max_val[...])
+        layer = qm.l1.dot_general0_lhs if arch == "mlp" else qm.c1.conv_general_dilated0_lhs
+        frozen = float(layer.max_val[...])
         qm.train(), ref.train()
         assert_bitwise(qm(x), ref(x), "train logits")
-        layer = qm.l1.dot_general0_lhs if arch == "mlp" else qm.c1.conv_general_dilated0_lhs
-        assert float(layer.max_val[...]) > 0 and not np.array_equal(frozen, np.zeros_like(frozen))
+        assert float(layer.max_val[...]) > frozen  # the 3x batch moved the resumed observer
+        for what, a, b in nnx_pairs(qm, ref, layers, scheme):
+            assert_bitwise(a, b, f"{what} after train")
 
 
 # --------------------------------------------------------------------------
@@ -298,7 +300,7 @@ def test_linen_model_through_provider_equals_apot_layers(arch, scheme):
     qm = qwix.quantize_model(model, ApotQatProvider(rules_for(scheme, layers[0])))
     q_vars = jax.jit(qm.init)(jax.random.key(0), xs[0])
     r_vars = jax.jit(ref.init)(jax.random.key(1), xs[0])
-    r_vars = jax.tree.map(lambda v: v, dict(r_vars))
+    r_vars = dict(r_vars)
     r_params = {
         name: {**r_vars["params"][name], "kernel": q_vars["params"][name]["kernel"], "bias": q_vars["params"][name]["bias"]}
         for name in layers
