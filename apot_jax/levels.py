@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from apot_common.tables import FLOAT32_TINY, LevelTable, grid_size
+from apot_common.tables import FLOAT32_TINY, UnsignedTable, grid_size
 
 _TINY = jnp.float32(FLOAT32_TINY)
 _LARGEST_SUBNORMAL = 0x007FFFFF  # bit pattern of the largest subnormal float32
@@ -95,12 +95,13 @@ def gamma(alpha: jax.Array, p_sum: float) -> jax.Array:
     return jnp.where(valid, g, jnp.float32(jnp.nan))
 
 
-def levels(gamma_value: jax.Array, table: LevelTable) -> jax.Array:
+def levels(gamma_value: jax.Array, table: UnsignedTable) -> jax.Array:
     """Sorted quantization levels ``gamma * base_sum[level_indices]``.
 
     Args:
       gamma_value: float32 scalar (or array; the level axis is appended last).
-      table: the static level table.
+      table: the static level table: an APoT ``LevelTable`` or the paper's
+        ``PaperLevelTable`` (whose ``p_sum`` is 1, so ``gamma`` is alpha).
 
     Returns:
       float32 array of shape ``gamma_value.shape + (N,)``, ascending.

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from apot_common.tables import FLOAT32_TINY, LevelTable, grid_size
+from apot_common.tables import FLOAT32_TINY, UnsignedTable, grid_size
 
 _LARGEST_SUBNORMAL = 0x007FFFFF
 _INT32_MIN = -(2**31)
@@ -76,9 +76,10 @@ def gamma(alpha: torch.Tensor, p_sum: float) -> torch.Tensor:
     return torch.where(valid, g, torch.full_like(g, float("nan")))
 
 
-def levels(gamma_value: torch.Tensor, table: LevelTable) -> torch.Tensor:
+def levels(gamma_value: torch.Tensor, table: UnsignedTable) -> torch.Tensor:
     """Sorted levels ``gamma * base_sum[level_indices]``: shape
-    ``gamma_value.shape + (N,)``, float32, ascending."""
+    ``gamma_value.shape + (N,)``, float32, ascending; ``table`` an APoT
+    ``LevelTable`` or the paper's ``PaperLevelTable``."""
     g = gamma_value.to(torch.float32)[..., None]
     device = g.device
     # mantissa / 2 for large gamma: see apot_jax.levels.levels
