@@ -1,8 +1,9 @@
 """Golden vectors: the torch reference's results, checkable with JAX alone.
 
-``python -m apot_cli.golden generate`` runs ``apot_torch`` on the CPU over a
-fixed set of cases and writes three compact, uncompressed ``.npz`` files to
-``apot_cli/golden/``:
+``python -m apot_parity generate`` runs ``apot_torch`` on the CPU over a
+fixed set of cases and writes three compact, uncompressed ``.npz`` files and
+their ``manifest.json`` (each file's SHA-256 and case count) to
+``apot_parity/golden/``:
 
 * ``elements.npz``: for every ``(b, k)`` with ``b <= 8`` and ``k | b``, signed
   and unsigned, and seven statistics (ordinary, odd, a level product that
@@ -31,16 +32,19 @@ between versions), and the files are written with fixed zip metadata, so
 regenerating reproduces them byte for byte (``parity_tests`` checks it).
 
 :func:`check_golden` validates one backend against the files and returns
-:class:`apot_cli.parity.Result` records. For a JAX backend it never imports
-torch: this is what runs on a Colab TPU (see ``docs/parity.md``).
+:class:`apot_parity.compare.Result` records; a file whose digest or case
+count differs from the manifest (truncated, partial, edited) raises
+:class:`GoldenFileError` before anything is compared. For a JAX backend it
+never imports torch: this is what runs on a Colab TPU (see
+``docs/parity.md``).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import hashlib
 import io
-import sys
+import json
 import zipfile
 from fractions import Fraction
 from pathlib import Path
@@ -49,22 +53,13 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from apot_common.tables import level_table
-from apot_cli.parity import (
-    DTYPE_NAMES,
-    Comparison,
-    Elementwise,
-    QParams,
-    Result,
-    compare,
-    compare_elementwise,
-    compare_qparams,
-    compare_state,
-    make_binding,
-    numpy_dtype,
-)
+from apot_parity.backends import make_binding
+from apot_parity.compare import Comparison, Result, compare, compare_elementwise, compare_qparams, compare_state
+from apot_parity.records import DTYPE_NAMES, Elementwise, QParams, numpy_dtype
 
 GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 FILES = ("elements.npz", "qparams.npz", "observer.npz")
+MANIFEST = "manifest.json"
 
 #: Every (b, k, signed) with b <= 8 and k | b.
 CONFIGS = tuple(
@@ -267,9 +262,65 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             zf.writestr(info, buf.getvalue())
 
 
+class GoldenFileError(ValueError):
+    """A golden file is missing, damaged or does not match its manifest."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _case_count(name: str, arrays: dict[str, np.ndarray]) -> int:
+    """Cases a golden file holds: element cases, qparams rows, observer streams."""
+    if name == "elements.npz":
+        return int(arrays["case"].shape[0])
+    if name == "qparams.npz":
+        return int(arrays["gamma"].shape[0] + arrays["level_config"].shape[0])
+    return int(arrays["stream_offsets"].size - 1)
+
+
+def write_manifest(directory: Path) -> Path:
+    """``manifest.json``: SHA-256 and case count of each file in :data:`FILES`."""
+    entries = {}
+    for name in FILES:
+        path = directory / name
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        entries[name] = {"sha256": _sha256(path), "cases": _case_count(name, arrays)}
+    path = directory / MANIFEST
+    path.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
 def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of one golden file, after checking it against the manifest
+    beside it (digest, then case count).
+
+    Raises:
+      GoldenFileError: the manifest or the file is missing, the file's digest
+        differs from the manifest's (truncated, partial or edited), or it
+        holds another number of cases.
+    """
+    path = Path(path)
+    manifest_path = path.parent / MANIFEST
+    try:
+        entry = json.loads(manifest_path.read_text(encoding="utf-8"))[path.name]
+    except FileNotFoundError:
+        raise GoldenFileError(f"{manifest_path} is missing: golden files are checked against it") from None
+    except (KeyError, ValueError) as exc:
+        raise GoldenFileError(f"{manifest_path} has no valid entry for {path.name} ({exc!r})") from None
+    if not path.is_file():
+        raise GoldenFileError(f"golden file {path} is missing")
+    digest = _sha256(path)
+    if digest != entry["sha256"]:
+        raise GoldenFileError(f"golden file {path} is damaged or was changed: SHA-256 {digest[:16]}... "
+                              f"!= manifest {entry['sha256'][:16]}... (regenerate with python -m apot_parity generate)")
     with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+        arrays = {name: data[name] for name in data.files}
+    count = _case_count(path.name, arrays)
+    if count != entry["cases"]:
+        raise GoldenFileError(f"golden file {path} holds {count} cases, the manifest says {entry['cases']}")
+    return arrays
 
 
 def _storage(x: np.ndarray) -> np.ndarray:
@@ -479,8 +530,9 @@ def _generate_observer(torch_binding) -> dict[str, np.ndarray]:
 
 
 def generate(directory: Path | str = GOLDEN_DIR) -> list[Path]:
-    """Compute the golden vectors with ``apot_torch`` on the CPU and write them."""
-    from apot_cli.parity import TorchBinding
+    """Compute the golden vectors with ``apot_torch`` on the CPU and write
+    them with their manifest; returns the paths written."""
+    from apot_parity.bindings import TorchBinding
 
     binding = TorchBinding("cpu")
     directory = Path(directory)
@@ -495,6 +547,7 @@ def generate(directory: Path | str = GOLDEN_DIR) -> list[Path]:
         path = directory / name
         write_npz(path, arrays)
         paths.append(path)
+    paths.append(write_manifest(directory))
     return paths
 
 
@@ -611,9 +664,13 @@ def check_golden(backend: str | None = None, directory: Path | str = GOLDEN_DIR,
       configs: restrict to these ``(b, k, signed)`` (default: all).
 
     Returns:
-      One :class:`apot_cli.parity.Result` per comparison; ``status`` is
+      One :class:`apot_parity.compare.Result` per comparison; ``status`` is
       ``"pass"`` for bitwise equality (NaN matches NaN) and ``"fail"``
       otherwise.
+
+    Raises:
+      GoldenFileError: a file is missing or does not match the manifest.
+      ValueError: ``configs`` selects no stored case.
 
     Imports torch only when a torch backend is asked for: a JAX backend is
     checked with JAX and numpy alone.
@@ -631,35 +688,10 @@ def check_golden(backend: str | None = None, directory: Path | str = GOLDEN_DIR,
     results += _check_elements(binding, directory, select)
     if select is None:
         results += _check_observer(binding, directory)
+    if not results:
+        raise ValueError(f"no golden case matches configs={sorted(select)}")
     return results
 
 
-# --------------------------------------------------------------------------
-# command line
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m apot_cli.golden", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="recompute the golden files with torch on the CPU")
-    gen.add_argument("--out", default=str(GOLDEN_DIR), help="output folder (default: the packaged one)")
-    chk = sub.add_parser("check", help="check apot_jax against the golden files (no torch needed)")
-    chk.add_argument("--backend", default=None,
-                     help="jax-cpu, jax-gpu, jax-tpu, torch-cpu or torch-cuda (default: JAX's default backend)")
-    chk.add_argument("--dir", default=str(GOLDEN_DIR), help="folder of the golden files")
-    args = parser.parse_args(argv)
-    if args.command == "generate":
-        for path in generate(args.out):
-            print(f"wrote {path} ({path.stat().st_size} bytes)")
-        return 0
-    from apot_cli.parity import format_table, totals
-
-    results = check_golden(args.backend, args.dir)
-    print(format_table(results))
-    t = totals(results)
-    print(f"{t['checks']} checks, {t['comparisons']} comparisons: {t['passed']} passed, {t['failed']} failed")
-    return 1 if t["failed"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = ["GOLDEN_DIR", "GoldenFileError", "check_golden", "element_cases", "generate",
+           "stored_element_cases", "stored_observer_streams"]

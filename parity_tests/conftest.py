@@ -11,7 +11,7 @@ Options:
 
 Tests ask for a backend through the fixtures ``backend`` (every backend),
 ``jax_backend`` or ``torch_backend``; each is parametrised over the known
-backend names and yields the binding (``parity_tests.bindings``).
+backend names and yields the binding (``apot_parity.bindings``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from parity_tests.bindings import ALL_BACKENDS, Result, backend_status, make_binding, parse_backends
+from apot_parity import ALL_BACKENDS, Result, backend_status, make_binding, parse_backends
 
 _MARKS = {"jax-gpu": "gpu", "torch-cuda": "gpu", "jax-tpu": "tpu"}
 _FIXTURES = {
@@ -222,7 +222,7 @@ def pytest_sessionfinish(session, exitstatus):
     path = session.config.getoption("--parity-report")
     if log is None or not path:
         return
-    from apot_cli.parity import summarize, totals
+    from apot_parity.report import summarize, totals
 
     payload = {
         "backends_selected": list(log.selected),

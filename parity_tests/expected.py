@@ -17,8 +17,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from apot_cli import golden
-from apot_cli.parity import Elementwise, QParams
+from apot_parity import golden
+from apot_parity import Elementwise, QParams
 from apot_common.tables import level_table
 from tests.reference import adversarial_inputs, reference_qparams, reference_quantize, round_rational_to_float32
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from apot_cli.main import main
-from apot_cli.parity import backend_status
+from apot_parity import backend_status
 
 
 def test_apot_parity_command(tmp_path, capsys):

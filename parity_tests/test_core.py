@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from parity_tests import expected
-from parity_tests.bindings import compare_elementwise, compare_qparams
+from apot_parity import compare_elementwise, compare_qparams
 
 
 @pytest.mark.parametrize("config", expected.CONFIGS, ids=expected.config_id)

@@ -28,7 +28,7 @@ import pytest
 
 from apot_common.tables import level_table
 from parity_tests import expected
-from parity_tests.bindings import (
+from apot_parity import (
     Elementwise,
     QParams,
     backend_status,

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 INNER = textwrap.dedent(
     '''
     import numpy as np
-    from apot_cli.parity import compare
+    from apot_parity import compare
 
     def test_mismatch_without_assert(parity):
         a = np.array([1.0, 2.0], np.float32)

@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apot_cli import golden
-from apot_cli.parity import backend_status
+from apot_parity import backend_status, compare_elementwise, compare_qparams, compare_state, golden
 from parity_tests import expected
-from parity_tests.bindings import compare_elementwise, compare_qparams, compare_state
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,6 +55,8 @@ def test_golden_regenerates_bit_for_bit(tmp_path):
             assert new[key].dtype == old[key].dtype and new[key].shape == old[key].shape, (name, key)
             assert new[key].tobytes() == old[key].tobytes(), f"{name}:{key} differs from the committed file"
         assert (tmp_path / name).read_bytes() == (golden.GOLDEN_DIR / name).read_bytes(), name
+    manifest = tmp_path / golden.MANIFEST
+    assert manifest.read_bytes() == (golden.GOLDEN_DIR / golden.MANIFEST).read_bytes()
 
 
 def test_golden_equals_brute_force_reference(parity):
@@ -94,7 +94,7 @@ def test_checker_runs_without_torch():
     code = (
         "import sys, json\n"
         "sys.modules['torch'] = None\n"
-        "from apot_cli.golden import check_golden\n"
+        "from apot_parity.golden import check_golden\n"
         "r = check_golden('jax-cpu', configs=[(4, 2, False), (3, 3, True)])\n"
         "assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m])\n"
         "print(json.dumps([x.status for x in r]))\n"
@@ -121,7 +121,63 @@ def test_checker_detects_a_corrupted_file(tmp_path):
     golden.write_npz(tmp_path / "elements.npz", arrays)
     for name in ("qparams.npz", "observer.npz"):
         (tmp_path / name).write_bytes((golden.GOLDEN_DIR / name).read_bytes())
+    golden.write_manifest(tmp_path)  # a consistent, regenerated-looking set: the comparison must catch it
     results = golden.check_golden("jax-cpu", tmp_path, configs=[(4, 2, False)])
     failed = [(r.case, r.check) for r in results if r.status == "fail"]
     assert ("element b=4 k=2 unsigned stats=1", "float32/codes") in failed
     assert len(failed) == 3  # codes, quant_dequant and fake_quant of that element
+
+
+def _copy_golden(tmp_path: Path) -> Path:
+    for name in (*golden.FILES, golden.MANIFEST):
+        (tmp_path / name).write_bytes((golden.GOLDEN_DIR / name).read_bytes())
+    return tmp_path
+
+
+@pytest.mark.parametrize("damage", ["truncated", "edited", "no manifest", "missing file", "fewer cases"])
+def test_damaged_golden_file_fails_before_any_check(tmp_path, damage):
+    """A truncated, edited or partial file must not pass with fewer checks."""
+    directory = _copy_golden(tmp_path)
+    path = directory / "elements.npz"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "edited":
+        data = bytearray(path.read_bytes())
+        data[-100] ^= 1
+        path.write_bytes(bytes(data))
+    elif damage == "no manifest":
+        (directory / golden.MANIFEST).unlink()
+    elif damage == "missing file":
+        path.unlink()
+    else:  # a consistent digest, but the manifest promises more cases
+        manifest = json.loads((directory / golden.MANIFEST).read_text())
+        manifest["elements.npz"]["cases"] += 1
+        (directory / golden.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(golden.GoldenFileError, match="elements.npz|manifest.json"):
+        golden.stored_element_cases(directory)
+
+
+def test_committed_manifest_matches_the_files():
+    manifest = json.loads((golden.GOLDEN_DIR / golden.MANIFEST).read_text())
+    assert sorted(manifest) == sorted(golden.FILES)
+    assert manifest["elements.npz"]["cases"] == len(golden.CONFIGS) * len(golden.STATS)
+    assert manifest["observer.npz"]["cases"] == len(golden.observer_streams())
+    assert manifest["qparams.npz"]["cases"] == 8 + len(golden.LEVEL_CONFIGS)
+
+
+def test_python_m_apot_parity_refuses_a_damaged_file(tmp_path):
+    """``python -m apot_parity`` (torch blocked, as on a Colab TPU) exits 1
+    naming the damaged file before comparing anything."""
+    if not backend_status("jax-cpu").available:
+        pytest.skip("needs jax on the CPU")
+    directory = _copy_golden(tmp_path)
+    path = directory / "qparams.npz"
+    path.write_bytes(path.read_bytes()[:-10])
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    blocked = ("import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = 'apot_parity'; "
+               "runpy.run_module('apot_parity', run_name='__main__')")
+    out = subprocess.run([sys.executable, "-c", blocked, "--backends", "jax-cpu", "--golden-dir", str(directory)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, (out.stdout[-2000:], out.stderr[-2000:])
+    assert "qparams.npz is damaged" in out.stderr
+    assert "==" not in out.stdout  # no table: nothing was compared

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apot_cli import golden
-from apot_cli.parity import compare, compare_state, numpy_dtype
+from apot_parity import golden
+from apot_parity import compare, compare_state, numpy_dtype
 
 jax = pytest.importorskip("jax", reason="module parity needs jax")
 torch = pytest.importorskip("torch", reason="module parity needs torch")

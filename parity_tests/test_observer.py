@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apot_cli import golden
+from apot_parity import golden
 from parity_tests import expected
-from parity_tests.bindings import compare_state
+from apot_parity import compare_state
 
 STREAMS = golden.observer_streams() + [
     # both signs of zero (and subnormals) as the extreme: observed as +0.0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apot_cli.parity import compare
+from apot_parity import compare
 
 jax = pytest.importorskip("jax", reason="paper-recipe parity needs jax")
 torch = pytest.importorskip("torch", reason="paper-recipe parity needs torch")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apot_cli import golden
+from apot_parity import golden
 from apot_common.tables import level_table
 from parity_tests import expected
-from parity_tests.bindings import QParams, compare_qparams
+from apot_parity import QParams, compare_qparams
 
 GAMMA_STATS = 4096
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apot_cli import golden
+from apot_parity import golden
 from parity_tests import expected
-from parity_tests.bindings import compare_elementwise, numpy_dtype
+from apot_parity import compare_elementwise, numpy_dtype
 
 SHAPES = [(), (0,), (3, 5, 7), (2, 1, 64)]
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apot_cli import golden
+from apot_parity import golden
 
 torch = pytest.importorskip("torch", reason="training parity needs torch")
 nn_torch = torch.nn
@@ -162,7 +162,7 @@ def _flax_run(init, xs, labels, device):
 
 
 def test_training_parity(jax_backend, parity):
-    from apot_cli.parity import compare
+    from apot_parity import compare
 
     xs, labels = data()
     init, t_losses, t_stats, t_codes = _torch_run(xs, labels)

@@ -254,7 +254,7 @@ def test_validation_notebook_without_torch_fails_on_a_wrong_golden_value(kernel_
     golden alpha changed: the verdict cell must fail."""
     import numpy as np
 
-    from apot_cli import golden
+    from apot_parity import golden
 
     hidden = tmp_path / "hide_torch" / "torch"
     hidden.mkdir(parents=True)
