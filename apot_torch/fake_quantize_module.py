@@ -18,7 +18,8 @@ from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
 from apot_common.tables import level_table, sign_magnitude_table
 from apot_torch.fake_quantize_function import fake_quantize_function
-from apot_torch.observer import APoTObserver, observed_alpha
+from apot_torch import levels as _levels
+from apot_torch.observer import APoTObserver, ConfigInStateDict, Float32State, observed_alpha
 from apot_torch.paper import (
     check_learnable,
     learnable_fake_quantize,
@@ -28,7 +29,7 @@ from apot_torch.paper import (
 )
 
 
-class _ObservedFakeQuantize(FakeQuantizeBase):
+class _ObservedFakeQuantize(Float32State, ConfigInStateDict, FakeQuantizeBase):
     """Shared forward of the observer-based fake quants: observe (if enabled),
     refresh the qparam buffers from the statistics, fake-quantize (if enabled).
 
@@ -100,6 +101,17 @@ class APoTFakeQuantize(_ObservedFakeQuantize):
       level_indices: int32 ``(N,)``, zeros until the first observation.
       activation_post_process.min_val / max_val: the observer's statistics.
 
+    The float32 buffers stay float32 through ``.half()``, ``.bfloat16()`` and
+    ``.to()`` a narrower float dtype (the module still moves device;
+    ``.double()`` widens them exactly). ``load_state_dict`` refuses (torch's
+    ``RuntimeError``, naming the entry or the mismatch, leaving the buffers
+    as they were) a state dict recorded for another ``b``, ``k`` or
+    ``signed``, entries of the wrong shape or dtype, and qparams that do not
+    belong to this configuration's level table (``level_indices`` other than
+    the table's, levels other than ``gamma`` times the table's sums, or a
+    ``gamma`` other than the one of ``alpha``), also without the recorded
+    configuration.
+
     ``forward(X)`` takes a floating tensor of any shape and returns one of the
     same shape and dtype: ``X`` itself when fake quant is disabled.
     """
@@ -151,6 +163,43 @@ class APoTFakeQuantize(_ObservedFakeQuantize):
 
     def extra_repr(self) -> str:
         return f"signed={self.signed}"
+
+    def _apot_config(self) -> dict:
+        observer = self.activation_post_process
+        return {"module": "APoTFakeQuantize", "b": int(observer.b), "k": int(observer.k), "signed": self.signed}
+
+    def _check_loaded(self, state_dict, prefix) -> list[str]:
+        """Qparams of another table: level_indices, levels or gamma that this
+        ``(b, k, signed)`` cannot produce (unobserved NaN qparams pass)."""
+        entries = {name: state_dict.get(prefix + name) for name in ("alpha", "gamma", "quantization_levels", "level_indices")}
+        mine = {"alpha": self.alpha, "gamma": self.gamma, "quantization_levels": self.quantization_levels,
+                "level_indices": self.level_indices}  # fmt: skip
+        if any(v is None or tuple(v.shape) != tuple(mine[k].shape) for k, v in entries.items()):
+            return []  # missing / misshaped: torch names them
+        observer = self.activation_post_process
+        config = f"b={observer.b}, k={observer.k}, signed={self.signed}"
+        table = level_table(observer.b, observer.k, self.signed)
+        problems = []
+        indices = entries["level_indices"].detach().cpu().to(torch.int64)
+        if bool(indices.any()) and not torch.equal(indices, torch.tensor(table.level_indices, dtype=torch.int64)):
+            problems.append(f"{prefix}level_indices: not the level order of the table for {config} "
+                            "(a state_dict of another configuration?)")  # fmt: skip
+        alpha = entries["alpha"].detach().cpu().to(torch.float32)
+        gamma = entries["gamma"].detach().cpu().to(torch.float32)
+        if not bool(torch.isnan(alpha)):
+            expected_gamma = _levels.gamma(alpha, table.p_sum)
+            if not _same_bits(gamma, expected_gamma):
+                problems.append(f"{prefix}gamma: {gamma.item()!r} is not alpha / p_sum = {expected_gamma.item()!r} "
+                                f"for {config} (a state_dict of another configuration?)")  # fmt: skip
+            elif not _same_bits(entries["quantization_levels"].detach().cpu().to(torch.float32), _levels.levels(gamma, table)):
+                problems.append(f"{prefix}quantization_levels: not gamma times the level table for {config} "
+                                "(a state_dict of another configuration?)")  # fmt: skip
+        return problems
+
+
+def _same_bits(a: Tensor, b: Tensor) -> bool:
+    """Bitwise equality of two float32 tensors (NaN equal to NaN of the same bits)."""
+    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
 
 
 class SignMagnitudeFakeQuantize(_ObservedFakeQuantize):
@@ -215,8 +264,11 @@ class SignMagnitudeFakeQuantize(_ObservedFakeQuantize):
     def extra_repr(self) -> str:
         return f"b={self.b}, k={self.k}"
 
+    def _apot_config(self) -> dict:
+        return {"module": "SignMagnitudeFakeQuantize", "b": self.b, "k": self.k}
 
-class LearnableAPoTFakeQuantize(FakeQuantizeBase):
+
+class LearnableAPoTFakeQuantize(Float32State, ConfigInStateDict, FakeQuantizeBase):
     """The paper's fake quant with a learnt alpha (``apot_torch.paper``):
     sign-magnitude weight levels, a learnable ``alpha`` (an ``nn.Parameter``),
     optional weight normalization and per-channel alpha; or, with
@@ -244,6 +296,13 @@ class LearnableAPoTFakeQuantize(FakeQuantizeBase):
     learnt, not observed). ``forward(X)``: floating ``X``, any shape; returns
     its shape, float32 when normalizing, else ``X``'s dtype (``X`` itself
     with fake quant disabled).
+
+    ``alpha`` (and its gradient) stays float32 through ``.half()``,
+    ``.bfloat16()`` and ``.to()`` a narrower float dtype. ``load_state_dict`` refuses (torch's ``RuntimeError``
+    naming the mismatch) a state dict recorded for another ``b``, ``k``,
+    ``scheme``, ``normalize`` or ``channel_axis``; an ``alpha`` of another
+    shape (per tensor vs per channel, another channel count) is named by
+    torch's size-mismatch message.
     """
 
     def __init__(
@@ -292,3 +351,7 @@ class LearnableAPoTFakeQuantize(FakeQuantizeBase):
 
     def extra_repr(self) -> str:
         return f"b={self.b}, k={self.k}, scheme={self.scheme}, normalize={self.normalize}, channel_axis={self.channel_axis}"
+
+    def _apot_config(self) -> dict:
+        return {"module": "LearnableAPoTFakeQuantize", "b": self.b, "k": self.k, "scheme": self.scheme,
+                "normalize": self.normalize, "channel_axis": self.channel_axis}  # fmt: skip

@@ -48,7 +48,116 @@ def observe(min_val: Tensor, max_val: Tensor, x: Tensor):
     return torch.minimum(min_val, lo), torch.maximum(max_val, hi)
 
 
-class APoTObserver(ObserverBase):
+class Float32State:
+    """Mixin for the apot torch modules: their float32 buffers and parameters
+    (statistics, qparams, a learnt alpha, and its gradient) stay float32
+    through ``.half()``, ``.bfloat16()`` and ``.to(dtype)`` of any narrower
+    floating dtype (numerics doc section 2: statistics stay float32; a
+    float16 copy would round them), while device moves (``.to(device)``,
+    ``.cuda()``, ``.cpu()``) apply as usual. ``.double()`` widens them, which
+    is exact (the numerics still run in float32). Other modules inside (or
+    around) them are converted as torch does.
+    """
+
+    def _apply(self, fn, recurse=True):
+        own = [t for t in (*self._buffers.values(), *self._parameters.values()) if t is not None]
+        own += [t.grad for t in self._parameters.values() if t is not None and t.grad is not None]
+        keep = {id(t) for t in own if t.dtype == torch.float32}
+
+        def keep_float32(t):
+            out = fn(t)
+            if id(t) in keep and isinstance(out, Tensor) and out.dtype not in (torch.float32, torch.float64):
+                return t.to(device=out.device)  # the move without the cast (t itself if on that device)
+            return out
+
+        return super()._apply(keep_float32, recurse)
+
+
+#: Key of the apot configuration in a module's ``state_dict`` metadata.
+CONFIG_METADATA_KEY = "apot_config"
+
+
+class ConfigInStateDict:
+    """Mixin for the apot torch modules: ``state_dict`` records the
+    configuration (``_apot_config()``: class, ``b``, ``k``, ...) in the state
+    dict's per-module metadata (``state_dict._metadata[prefix]``, beside
+    torch's ``version``; kept by ``torch.save``/``torch.load``, not by
+    ``dict(state_dict)``), so the keys stay exactly the buffers (what
+    ``apot_jax.convert`` and prototype-shaped code read and write).
+
+    ``load_state_dict`` then refuses, naming the entry or the mismatch, and
+    without changing this module's buffers:
+      * a state dict recorded for another configuration (``b``, ``k``,
+        ``signed``, ``scheme``, ...);
+      * an entry that is not a tensor, a float entry that is integer,
+        complex or not exactly representable in float32 (the buffers are
+        float32), an integer entry that is not integer or out of int32
+        range;
+      * (``_check_loaded``) qparams inconsistent with this configuration's
+        level table, also for state dicts without the metadata.
+    Missing, unexpected and misshaped entries are named by torch itself. As
+    every ``load_state_dict`` error, the refusal is a ``RuntimeError``
+    ("Error(s) in loading state_dict for ...") listing each message.
+    """
+
+    def _apot_config(self) -> dict:
+        raise NotImplementedError
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        metadata = getattr(destination, "_metadata", None)
+        if metadata is not None:
+            metadata.setdefault(prefix[:-1], {})[CONFIG_METADATA_KEY] = self._apot_config()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        problems = []
+        saved, mine = (local_metadata or {}).get(CONFIG_METADATA_KEY), self._apot_config()
+        if saved is not None and saved != mine:
+            keys = sorted(set(saved) | set(mine))
+            diff = ", ".join(f"{k}={saved.get(k)!r} (this module: {mine.get(k)!r})" for k in keys if saved.get(k) != mine.get(k))
+            problems.append(f"{prefix[:-1] or type(self).__name__}: state_dict saved for another configuration: {diff}")
+        for name, current in (*self._buffers.items(), *self._parameters.items()):
+            if current is not None and prefix + name in state_dict:
+                problem = _entry_problem(prefix + name, state_dict[prefix + name], current)
+                if problem:
+                    problems.append(problem)
+        if not problems:
+            problems += self._check_loaded(state_dict, prefix)
+        if problems:
+            error_msgs.extend(problems)  # and leave this module's buffers as they are
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def _check_loaded(self, state_dict, prefix) -> list[str]:
+        """Messages for entries inconsistent with this configuration."""
+        return []
+
+
+def _entry_problem(key: str, value, current: Tensor) -> str | None:
+    """Why ``value`` cannot be loaded into the buffer ``current`` (dtype-wise), or None."""
+    if not isinstance(value, Tensor):
+        return f"{key}: expected a tensor, got {type(value).__name__}"
+    if current.is_floating_point():
+        if not value.is_floating_point():
+            return f"{key}: expected a real floating tensor (the buffer is {current.dtype}), got dtype {value.dtype}"
+        if current.dtype == torch.float32 and value.dtype != torch.float32:
+            v = value.detach()
+            same = (v.to(torch.float32).to(v.dtype) == v) | torch.isnan(v)
+            if not bool(same.all()):
+                bad = v.reshape(-1)[~same.reshape(-1)][0].item()
+                return f"{key} of dtype {value.dtype} holds {bad!r}, which float32 cannot represent exactly"
+        return None
+    if value.is_floating_point() or value.is_complex():
+        return f"{key}: expected an integer tensor (the buffer is {current.dtype}), got dtype {value.dtype}"
+    if current.dtype == torch.int32 and value.dtype != torch.int32 and value.numel():
+        v = value.detach().to(torch.int64) if value.dtype != torch.uint64 else value.detach()
+        lo, hi = int(v.min()), int(v.max())
+        if lo < -(2**31) or hi >= 2**31:
+            return f"{key}: value {lo if lo < -(2**31) else hi} does not fit int32"
+    return None
+
+
+class APoTObserver(Float32State, ConfigInStateDict, ObserverBase):
     """Observer recording the running min/max of everything it sees.
 
     Args:
@@ -57,7 +166,10 @@ class APoTObserver(ObserverBase):
 
     Buffers ``min_val`` / ``max_val`` are float32 scalars (``+inf`` / ``-inf``
     until the first observation), so they are in ``state_dict`` and follow
-    ``.to(device)``.
+    ``.to(device)``; they stay float32 through ``.half()``, ``.bfloat16()``
+    and ``.to()`` a narrower float dtype (``Float32State``). ``load_state_dict`` refuses a state dict recorded for
+    another ``(b, k)`` or with non-float32-exact statistics
+    (``ConfigInStateDict``: ``RuntimeError`` naming the entry).
     """
 
     min_val: Tensor
@@ -126,6 +238,9 @@ class APoTObserver(ObserverBase):
 
     def extra_repr(self) -> str:
         return f"b={self.b}, k={self.k}"
+
+    def _apot_config(self) -> dict:
+        return {"module": "APoTObserver", "b": self.b, "k": self.k}
 
 
 def _statistic(name: str, value, current: Tensor) -> Tensor:

@@ -293,8 +293,16 @@ class APoTQuantizer:
 
     def dequantize(self, apot_tensor: "TensorAPoT") -> Tensor:
         """Level values of the codes, in the dtype that was quantized;
-        ``NAN_CODE`` and out-of-range codes give NaN."""
-        codes = apot_tensor.int_repr()
+        ``NAN_CODE`` and out-of-range codes give NaN.
+
+        Codes of any integer dtype are range-checked before any narrowing
+        cast: int64 codes beyond int32 and uint64 codes beyond int64 are out
+        of range (NaN), never wrapped onto a valid code.
+
+        Raises:
+          TypeError: the codes are not an integer tensor (float, bool, complex).
+        """
+        codes = _integer_codes(apot_tensor.int_repr())
         by_code = torch.empty_like(self.quantization_levels)
         by_code[self.level_indices.long()] = self.quantization_levels
         n = by_code.shape[0]
@@ -308,6 +316,26 @@ class APoTQuantizer:
         x32 = as_float32(tensor2quantize, "quant_dequant")
         out = self._positions_lookup(x32, self.quantization_levels, float("nan"))
         return out.to(tensor2quantize.dtype)
+
+
+def _integer_codes(codes: Tensor) -> Tensor:
+    """``codes`` in a signed integer dtype that holds every value exactly
+    (uint32 widened to int64; uint64 reinterpreted as int64, so values
+    ``>= 2**63`` become negative, i.e. out of range); a fresh tensor when
+    converted, the caller's otherwise (never written).
+
+    Raises:
+      TypeError: not a tensor, or not of an integer dtype.
+    """
+    if not isinstance(codes, Tensor):
+        raise TypeError(f"dequantize needs a tensor of integer codes, got {type(codes).__name__}")
+    if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+        raise TypeError(f"dequantize needs integer codes, got dtype {codes.dtype}")
+    if codes.dtype == torch.uint64:
+        return codes.view(torch.int64)  # bit reinterpretation: >= 2**63 -> negative -> NaN
+    if codes.dtype in (torch.uint16, torch.uint32):
+        return codes.to(torch.int64)  # exact
+    return codes
 
 
 class TensorAPoT:
