@@ -146,6 +146,78 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([fmt(header), sep, *(fmt(line) for line in lines)])
 
 
+def _validate_args(args: argparse.Namespace) -> None:
+    """Check every argument of ``apot qat`` before anything is loaded or
+    trained: counts (``--epochs``, ``--qat-epochs``, ``--batch-size``,
+    ``--hidden``, ``--timing-steps``, ``--timing-rounds``) at least 1,
+    learning rates finite and positive, ``--seed`` in ``[0, 2**32)``, every
+    ``--bits``/``--k``/``--paper-bits`` combination valid for the quantizers
+    it selects (``QuantConfig``), ``--plot`` only with ``--out``, and
+    ``--out`` a directory that exists and is writable or can be created.
+
+    Raises:
+      SystemExit: status 2, after argparse's usage and an error message
+        naming the argument (``parser.error``).
+    """
+    import math
+
+    parser = argparse.ArgumentParser(prog="apot qat")
+    add_arguments(parser)
+
+    def fail(option: str, message: str) -> None:
+        parser.error(f"argument {option}: {message}")
+
+    for option, value in (("--epochs", args.epochs), ("--qat-epochs", args.qat_epochs),
+                          ("--batch-size", args.batch_size), ("--timing-steps", args.timing_steps),
+                          ("--timing-rounds", args.timing_rounds)):  # fmt: skip
+        if value is not None and value < 1:
+            fail(option, f"must be >= 1, got {value}")
+    for width in args.hidden:
+        if width < 1:
+            fail("--hidden", f"every width must be >= 1, got {width}")
+    for option, value in (("--lr", args.lr), ("--qat-lr", args.qat_lr)):
+        if not (math.isfinite(value) and value > 0):
+            fail(option, f"must be a finite number > 0, got {value}")
+    if not 0 <= args.seed < 2**32:
+        fail("--seed", f"must be in [0, 2**32), got {args.seed}")
+
+    from apot_jax import train as T
+
+    try:
+        ks = _k_values(args.bits, args.k)
+    except ValueError as exc:
+        fail("--k", str(exc))
+    if "prototype" in args.recipe:
+        for b, k in zip(args.bits, ks):
+            try:
+                T.QuantConfig(bits=b, k=k, quantize=args.quantize, signed_weights=not args.unsigned_weights)
+            except ValueError as exc:
+                fail("--bits/--k", f"--bits {b} with --k {k}: {exc}")
+    if "paper" in args.recipe:
+        for b in args.paper_bits:
+            try:
+                if b < 2:
+                    raise ValueError(f"the sign-magnitude weights need b >= 2, got b={b}")
+                weight_k, k = _paper_k(b)
+                T.QuantConfig(bits=b, k=k, quantize=args.quantize, recipe="paper", weight_k=weight_k,
+                              learn_activation_alpha=args.paper_activations == "learnable")  # fmt: skip
+            except ValueError as exc:
+                fail("--paper-bits", f"{b}: {exc}")
+    if args.plot and not args.out:
+        fail("--plot", "needs --out (the directory the plots are written to)")
+    if args.out:
+        out = os.path.abspath(args.out)
+        existing = out
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if existing == out and not os.path.isdir(out):
+            fail("--out", f"{args.out} exists and is not a directory")
+        if not os.path.isdir(existing):
+            fail("--out", f"cannot create {args.out}: {existing} is not a directory")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            fail("--out", f"{existing} is not writable")
+
+
 def run(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
@@ -153,23 +225,10 @@ def run(args: argparse.Namespace) -> int:
     import optax
     from tqdm import tqdm
 
+    _validate_args(args)  # SystemExit(2) with argparse's message, before any work
     from apot_jax import train as T
 
-    try:
-        ks = _k_values(args.bits, args.k)
-        for b, k in zip(args.bits, ks):
-            T.QuantConfig(bits=b, k=k)  # early check of the arguments
-            from apot_common.tables import level_table
-
-            level_table(b, k, not args.unsigned_weights)
-        for b in args.paper_bits:
-            T.QuantConfig(bits=b, k=_paper_k(b)[1], recipe="paper", weight_k=_paper_k(b)[0])
-    except ValueError as exc:
-        print(f"apot qat: {exc}", file=sys.stderr)
-        return 2
-    if args.batch_size < 1 or args.epochs < 0:
-        print("apot qat: --batch-size must be >= 1 and --epochs >= 0", file=sys.stderr)
-        return 2
+    ks = _k_values(args.bits, args.k)
     qat_epochs = args.epochs if args.qat_epochs is None else args.qat_epochs
     signed_weights = not args.unsigned_weights
 

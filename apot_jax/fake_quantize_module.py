@@ -71,6 +71,36 @@ def _init_stats() -> dict[str, jax.Array]:
     }
 
 
+def check_stats(stats: Mapping[str, Any], where: str) -> None:
+    """Check one fake quant's state before it is used: exactly the entries
+    ``STAT_NAMES``, each a scalar (shape ``()``), the statistics real
+    floating, the flags integer or boolean. A state made for another module
+    or configuration (e.g. a torch-shaped ``(1,)`` flag, a ``levels`` entry,
+    per-channel statistics) is refused instead of being broadcast into the
+    qparams.
+
+    Raises:
+      ValueError: a missing or unexpected entry, or a non-scalar one
+        (``where`` and the entry named).
+      TypeError: an entry of the wrong dtype (named).
+    """
+    missing = [name for name in STAT_NAMES if name not in stats]
+    unexpected = sorted(set(stats) - set(STAT_NAMES))
+    if missing or unexpected:
+        raise ValueError(f"{where}: missing entries {missing}, unexpected entries {unexpected} (expected exactly "
+                         f"{list(STAT_NAMES)}: state of another module or configuration?)")  # fmt: skip
+    for name in STAT_NAMES:
+        value = stats[name]
+        shape, dtype = jnp.shape(value), jnp.result_type(value)
+        if shape != ():
+            raise ValueError(f"{where}: {name} must be a scalar (shape ()), got shape {shape}")
+        if name in ("min_val", "max_val"):
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise TypeError(f"{where}: {name} must be a real floating scalar (float32), got dtype {dtype}")
+        elif not (jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_):
+            raise TypeError(f"{where}: {name} must be an integer flag (int32 0 or 1), got dtype {dtype}")
+
+
 def fake_quant_step(
     x: jax.Array,
     min_val: jax.Array,
@@ -164,6 +194,10 @@ def _uniform_bwd(residuals, dy):
 _uniform_fake_quant.defvjp(_uniform_fwd, _uniform_bwd)
 
 
+#: Most bits of the uniform baseline: 2**16 levels, as the APoT tables' limit.
+UNIFORM_MAX_BITS = 16
+
+
 def uniform_quantizer(b: int, signed: bool = True) -> Quantizer:
     """Uniform symmetric fake quant ``(x, min_val, max_val) -> y`` with ``b`` bits.
 
@@ -174,8 +208,16 @@ def uniform_quantizer(b: int, signed: bool = True) -> Quantizer:
     ``[-alpha, alpha]`` and rounded half to even; the gradient is the same
     clipped straight-through estimator as APoT's, ``dy * (-alpha <= x <= alpha)``.
     Unobserved statistics (``alpha = -inf``) give NaN, like APoT.
+
+    Raises:
+      ValueError: ``b`` not an integer in ``[1, UNIFORM_MAX_BITS]`` (``[2,
+        ...]`` signed): above 16 bits the level count exceeds the APoT
+        tables' limit, and above 24 the integer levels are no longer exact
+        in float32.
     """
     validate_bits(b, 1)
+    if b > UNIFORM_MAX_BITS:
+        raise ValueError(f"a uniform quantizer takes at most {UNIFORM_MAX_BITS} bits, got b={b}")
     if signed and b < 2:
         raise ValueError(f"a signed uniform quantizer needs b >= 2, got b={b}")
     qmax = float(2 ** (b - 1) - 1 if signed else 2**b - 1)
@@ -201,7 +243,14 @@ class _LinenFakeQuantBase(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Fake-quantize ``x`` (any shape, floating); returns its shape and dtype."""
+        """Fake-quantize ``x`` (any shape, floating); returns its shape and dtype.
+
+        Raises:
+          ValueError / TypeError: the ``quant_stats`` given for this module
+            are not its own (see :func:`check_stats`), naming the entry.
+        """
+        if not self.is_initializing() and any(self.has_variable(QUANT_STATS, name) for name in STAT_NAMES):
+            check_stats(dict(self.variables.get(QUANT_STATS, {})), f"quant_stats of {'/'.join(self.path) or type(self).__name__}")
         init = _init_stats()
         v = {name: self.variable(QUANT_STATS, name, lambda n=name: init[n]) for name in STAT_NAMES}
         y, new_min, new_max = fake_quant_step(
@@ -436,7 +485,13 @@ class _NNXFakeQuantBase(nnx.Module):
 
     def step(self, x: jax.Array, *, update: bool = True) -> jax.Array:
         """Fake-quantize ``x``; store the new statistics only if ``update``
-        (the Qwix provider passes Qwix's own decision)."""
+        (the Qwix provider passes Qwix's own decision).
+
+        Raises:
+          ValueError / TypeError: a ``QuantStat`` of the wrong shape or dtype
+            (e.g. after ``nnx.update`` with another module's state), named.
+        """
+        check_stats({name: getattr(self, name)[...] for name in STAT_NAMES}, f"{type(self).__name__} QuantStat")
         observer = jnp.int32(0) if self.use_running_average else self.observer_enabled[...]
         y, new_min, new_max = fake_quant_step(
             x, self.min_val[...], self.max_val[...], observer, self.fake_quant_enabled[...], self._quantizer()
@@ -533,8 +588,19 @@ class NNXLearnableAPoTFakeQuantize(nnx.Module):
         self.alpha = nnx.Param(jnp.full(shape, alpha_init, jnp.float32))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Fake-quantize ``x`` (float32, any shape); returns its shape."""
-        return _learnable_quant(self, x, self.alpha[...])
+        """Fake-quantize ``x`` (float32, any shape); returns its shape.
+
+        Raises:
+          ValueError: ``alpha`` is not of shape ``()`` (per tensor) or
+            ``(x.shape[channel_axis],)`` (per channel), e.g. after
+            ``nnx.update`` with another configuration's state.
+        """
+        alpha = self.alpha[...]
+        expected = () if self.channel_axis is None else (x.shape[self.channel_axis],)
+        if jnp.shape(alpha) != expected:
+            raise ValueError(f"{type(self).__name__}.alpha has shape {jnp.shape(alpha)}, expected {expected} "
+                             f"({'per tensor' if self.channel_axis is None else f'one per entry of axis {self.channel_axis}'})")
+        return _learnable_quant(self, x, alpha)
 
 
 __all__ = [

@@ -82,8 +82,27 @@ def quantize(x: jax.Array, qparams: APoTQParams) -> jax.Array:
 def dequantize(codes: jax.Array, qparams: APoTQParams) -> jax.Array:
     """Level values of APoT ``codes`` (int array, any shape) as float32.
 
-    ``NAN_CODE`` and codes outside ``[0, N)`` give NaN.
+    ``NAN_CODE`` and codes outside ``[0, N)`` give NaN, whatever the integer
+    dtype: host codes (numpy arrays, scalars, lists) of a dtype wider than
+    int32 (int64, uint32, uint64) are range-checked in numpy before they are
+    handed to JAX, which without ``jax_enable_x64`` would truncate them to
+    32 bits silently (``2**32 + 1`` would become the valid code 1). A JAX
+    array (traced or not) already holds its values in a dtype JAX supports
+    (int32 without x64; with x64 the comparisons run in int64), so it is
+    compared as it is, without a narrowing cast.
+
+    Raises:
+      TypeError: the codes are not integers (float, bool, complex).
     """
+    if not isinstance(codes, jax.Array):
+        host = np.asarray(codes)
+        if not np.issubdtype(host.dtype, np.integer):
+            raise TypeError(f"dequantize needs integer codes, got dtype {host.dtype}")
+        if host.dtype.itemsize > 4 or host.dtype == np.uint32:
+            n_levels = len(qparams.level_indices)
+            # a new array (the caller's is not written); out of range -> NAN_CODE
+            host = np.where((host >= 0) & (host < n_levels), host, NAN_CODE).astype(np.int32)
+        codes = host
     codes = jnp.asarray(codes)
     if not jnp.issubdtype(codes.dtype, jnp.integer):
         raise TypeError(f"dequantize needs integer codes, got dtype {codes.dtype}")

@@ -33,9 +33,9 @@ import optax
 from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from apot_common.tables import default_magnitude_k, sign_magnitude_table
+from apot_common.tables import default_magnitude_k, level_table, sign_magnitude_table
 from apot_jax import paper
-from apot_jax.fake_quantize_module import QUANT_STATS, set_flags
+from apot_jax.fake_quantize_module import QUANT_STATS, set_flags, uniform_quantizer
 from apot_jax.layers import PAPER, APoTDense
 
 # --------------------------------------------------------------------------
@@ -99,6 +99,11 @@ class QuantConfig:
       learn_activation_alpha: paper recipe: the activations' alpha is learnt
         too (``input_quant="apot-paper"``: unsigned ``(bits, k)`` levels, as
         in the paper) instead of observed.
+
+    Raises:
+      ValueError: an unknown ``quantize``/``scheme``/``recipe``, or a bit
+        width out of range for the quantizers it selects (``bits``, ``k``,
+        ``weight_k``; named in the message), checked at construction.
     """
 
     bits: int | None = None
@@ -120,10 +125,35 @@ class QuantConfig:
             raise ValueError(f"recipe must be prototype or paper, got {self.recipe!r}")
         if self.recipe == "paper" and self.scheme != "apot":
             raise ValueError("the paper recipe is an APoT recipe (scheme='apot')")
-        if self.recipe == "paper" and self.bits is not None:
-            sign_magnitude_table(self.bits, self.magnitude_k)
         if self.learn_activation_alpha and self.recipe != "paper":
             raise ValueError("learn_activation_alpha is part of the paper recipe (recipe='paper')")
+        self._check_bits()
+
+    def _check_bits(self) -> None:
+        """Every bit width this config uses is in range for its quantizer
+        (``ValueError`` naming the value, before any model is built): ``bits``
+        ``None`` or an integer, ``k`` and ``weight_k`` positive integers (or
+        ``weight_k`` ``None``), and each table or uniform quantizer the
+        weights and activations will use valid and within the size limit."""
+        for name, value in (("k", self.k), ("weight_k", self.weight_k)):
+            if value is None and name == "weight_k":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"QuantConfig.{name} must be an integer >= 1, got {value!r}")
+        if self.bits is None:
+            return
+        if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)) or self.bits < 1:
+            raise ValueError(f"QuantConfig.bits must be None or an integer >= 1, got {self.bits!r}")
+        if self.recipe == "paper":
+            sign_magnitude_table(self.bits, self.magnitude_k)
+        elif self.weight_quant == "apot":
+            level_table(self.bits, self.k, self.signed_weights)
+        elif self.weight_quant == "uniform":
+            uniform_quantizer(self.bits, self.signed_weights)
+        if self.input_quant in ("apot", PAPER):
+            level_table(self.bits, self.k, False)
+        elif self.input_quant == "uniform":
+            uniform_quantizer(self.bits, False)
 
     @property
     def magnitude_k(self) -> int | None:
@@ -388,17 +418,75 @@ def save_checkpoint(path: str | os.PathLike, state: TrainState) -> None:
         checkpointer.wait_until_finished()
 
 
+#: The JSON files of an orbax checkpoint directory (relative paths; a
+#: missing optional one is fine, a present one must parse).
+_CHECKPOINT_JSON = ("_METADATA", "_CHECKPOINT_METADATA", "_sharding")
+
+
 def restore_checkpoint(path: str | os.PathLike, like: TrainState) -> TrainState:
     """Restore a :class:`TrainState` saved by :func:`save_checkpoint`.
 
     ``like`` gives the tree structure, shapes, dtypes and shardings (e.g. a
     freshly initialised state); its values are not used.
+
+    Raises:
+      FileNotFoundError: ``path`` is not a directory.
+      ValueError: the checkpoint is damaged or is not one of this state: the
+        message names the file (a metadata file that does not parse, an
+        ``ocdbt`` manifest or data file that cannot be read) or the entry
+        (e.g. ``params.dense0.kernel``) that could not be restored. Orbax
+        stores arrays without checksums, so a flipped bit inside raw array
+        data can go unnoticed; truncated, missing or undecodable files are
+        detected.
     """
+    import json
+
     import orbax.checkpoint as ocp
 
+    root = os.path.abspath(path)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"checkpoint directory {root} does not exist")
+    array_metadatas = os.path.join(root, "array_metadatas")
+    names = list(_CHECKPOINT_JSON)
+    if os.path.isdir(array_metadatas):
+        names += [os.path.join("array_metadatas", f) for f in sorted(os.listdir(array_metadatas))]
+    for name in names:
+        file = os.path.join(root, name)
+        if os.path.isfile(file):
+            try:
+                with open(file, "rb") as f:
+                    json.loads(f.read().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"checkpoint {root} is damaged: {file} is not valid JSON ({exc})") from exc
+    if not os.path.isfile(os.path.join(root, "_METADATA")):
+        raise ValueError(f"checkpoint {root} is damaged or incomplete: {os.path.join(root, '_METADATA')} is missing")
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(os.path.abspath(path), abstract)
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            return checkpointer.restore(root, abstract)
+    except Exception as exc:  # orbax/tensorstore raise bare Exception, ValueError, ...
+        raise ValueError(f"checkpoint {root} is damaged or does not match the state: {_damaged_part(str(exc))}") from exc
+
+
+def _damaged_part(message: str) -> str:
+    """What an orbax/tensorstore error names: the local file it could not
+    decode or read, and/or the array (tree path) it was reading; the first
+    line of the message if it names neither."""
+    import re
+
+    parts = []
+    files = re.findall(r'local file "([^"]+)"', message)
+    decoding = re.findall(r'Error decoding local file "([^"]+)"', message)
+    if decoding:
+        parts.append(f"cannot decode {decoding[0]}")
+    elif files and not files[0].endswith(os.sep):
+        parts.append(f"cannot read {files[0]}")
+    arrays = re.findall(r'Error reading "([^"]+)/\.zarray"', message) or re.findall(r"'path': '([^'/][^']*)/'", message)
+    if arrays:
+        parts.append(f"array {arrays[0]} (stored under ocdbt.process_*/d/ or d/) could not be read")
+    if not parts:
+        parts.append(message.strip().splitlines()[0][:300] if message.strip() else "unknown error")
+    return "; ".join(parts)
 
 
 __all__ = [

@@ -110,6 +110,8 @@ class ConfigInStateDict:
             metadata.setdefault(prefix[:-1], {})[CONFIG_METADATA_KEY] = self._apot_config()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        if self.__dict__.pop("_apot_refused_by_parent", False):
+            return  # the parent refused the state dict: load nothing here either
         problems = []
         saved, mine = (local_metadata or {}).get(CONFIG_METADATA_KEY), self._apot_config()
         if saved is not None and saved != mine:
@@ -124,7 +126,10 @@ class ConfigInStateDict:
         if not problems:
             problems += self._check_loaded(state_dict, prefix)
         if problems:
-            error_msgs.extend(problems)  # and leave this module's buffers as they are
+            error_msgs.extend(problems)  # and leave this module's (and its apot children's) buffers as they are
+            for child in self.children():
+                if isinstance(child, ConfigInStateDict):
+                    object.__setattr__(child, "_apot_refused_by_parent", True)  # read (and cleared) as torch loads it next
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 

@@ -48,10 +48,12 @@ def test_qat_weights_only_and_k_per_bits(capsys):
 
 
 def test_qat_refuses_bad_arguments(capsys):
-    assert main(["qat", "--bits", "4", "--k", "3", *TINY]) == 2
-    assert "multiple" in capsys.readouterr().err
-    assert main(["qat", "--bits", "4", "3", "--k", "2", "1", "1", *TINY]) == 2
-    assert "--k" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # argparse's error, before any training
+        main(["qat", "--bits", "4", "--k", "3", *TINY])
+    assert info.value.code == 2 and "multiple" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["qat", "--bits", "4", "3", "--k", "2", "1", "1", *TINY])
+    assert info.value.code == 2 and "--k" in capsys.readouterr().err
 
 
 def test_qat_paper_recipe_rows_and_export_summary(tmp_path, capsys):
@@ -92,8 +94,9 @@ def test_qat_paper_recipe_with_observed_activation_alpha(tmp_path, capsys):
 
 
 def test_qat_refuses_bad_paper_bits(capsys):
-    assert main(["qat", "--recipe", "paper", "--paper-bits", "1", *TINY]) == 2
-    assert "b >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["qat", "--recipe", "paper", "--paper-bits", "1", *TINY])
+    assert info.value.code == 2 and "b >= 2" in capsys.readouterr().err
 
 
 def test_qat_qwix_rows_equal_the_apot_layer_rows(tmp_path):
