@@ -20,7 +20,15 @@ Mirrors ``apot_torch/paper.py`` function for function; the numerics are
 * activations (``scheme="unsigned"``): the same learnable alpha over the
   unsigned APoT levels of ``(b, k)`` (:func:`unsigned_qparams`), as the paper
   quantizes the non-negative ReLU outputs: ``d y / d alpha`` is 1 above
-  alpha, ``(y - x) / alpha`` in ``[0, alpha]`` and 0 below 0.
+  alpha, ``(y - x) / alpha`` in ``[0, alpha]`` and 0 below 0;
+* level sets (``level_set=``, every function here): ``"apot"`` (default),
+  the prototype's ``(b, k)`` tables as above; ``"paper"``, the paper code's
+  own sets (``build_power_value`` of yhhhli/APoT_Quantization, via
+  :func:`apot_common.tables.paper_level_table`): weights sign +
+  ``build_power_value(b - 1)`` (``b`` in 2..7; ternary at ``b = 2``),
+  activations ``build_power_value(b)`` (``b`` in 2..6); ``"paper-pot"``, its
+  non-additive (plain powers-of-two) sets. ``k`` is not used by the paper's
+  sets; their qparams carry ``k = 0``.
 """
 
 from __future__ import annotations
@@ -33,16 +41,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from apot_common.tables import fit_alpha_grid, level_table, sign_magnitude_table
+from apot_common.tables import LEVEL_SETS, LevelSet, check_level_set, fit_alpha_grid, sign_magnitude_table, unsigned_table
 from apot_jax import levels as _levels
 from apot_jax.fake_quantize_function import ste_mask
 from apot_jax.observer import APoTQParams, _as_float32
 from apot_jax.quantizer import _lookup
 from apot_jax.quantizer import quant_dequant as _apot_quant_dequant
 
-#: The learnable fake quant's level sets: the paper's signed weights, and the
-#: unsigned APoT table of the activations.
+#: The learnable fake quant's schemes: the paper's signed weights, and the
+#: unsigned table of the activations.
 SCHEMES = ("sign-magnitude", "unsigned")
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +64,8 @@ class SignMagnitudeQParams:
         magnitude table, correctly rounded.
       quantization_levels: float32 ``alpha.shape + (2**b - 1,)``, ascending,
         symmetric (``-mag[::-1]`` joined to ``mag`` at the one zero).
-      b, k: static configuration (``k`` divides ``b - 1``).
+      b, k: static configuration (``k`` divides ``b - 1``; 0 for the paper's sets).
+      level_set: static, ``"apot"``, ``"paper"`` or ``"paper-pot"``.
     """
 
     alpha: jax.Array
@@ -63,60 +73,79 @@ class SignMagnitudeQParams:
     quantization_levels: jax.Array
     b: int
     k: int
+    level_set: str = "apot"
 
 
 jax.tree_util.register_dataclass(
-    SignMagnitudeQParams, data_fields=["alpha", "gamma", "quantization_levels"], meta_fields=["b", "k"]
+    SignMagnitudeQParams, data_fields=["alpha", "gamma", "quantization_levels"], meta_fields=["b", "k", "level_set"]
 )
 
 
-def sign_magnitude_qparams(alpha: jax.Array, *, b: int, k: int) -> SignMagnitudeQParams:
+def sign_magnitude_qparams(alpha: jax.Array, *, b: int, k: int, level_set: LevelSet = "apot") -> SignMagnitudeQParams:
     """Qparams of the ``(b, k)`` sign-magnitude scheme for clipping value ``alpha``.
 
     Args:
       alpha: float32 scalar or ``(C,)``; zero and subnormal alpha count as
         ``+0.0`` (every level 0), negative or non-finite alpha give NaN levels.
+      b, k: bits (sign included) and the magnitude's base width.
+      level_set: ``"apot"``: magnitudes ``level_table(b - 1, k)``;
+        ``"paper"``: the paper's ``build_power_value(b - 1)`` (``b`` in
+        2..7, ternary at 2; ``k`` not used), levels ``alpha * value``;
+        ``"paper-pot"``: ``build_power_value(b - 1, additive=False)``.
+
+    Returns:
+      Qparams whose levels are float32 ``alpha.shape + (2**b - 1,)``.
 
     Raises:
-      ValueError: ``b < 2`` or ``k`` not dividing ``b - 1`` (at trace time).
+      ValueError: ``b < 2``, ``k`` not dividing ``b - 1`` (``"apot"``), a
+        ``b`` the paper's sets lack, or a bad ``level_set`` (at trace time).
     """
-    table = sign_magnitude_table(b, k)
+    table = sign_magnitude_table(b, k, level_set)
     alpha = _levels.positive_zero(jnp.asarray(alpha, jnp.float32))
     g = _levels.gamma(alpha, table.p_sum)
     mag = _levels.levels(g, table.magnitude)  # alpha.shape + (2**(b-1),), mag[..., 0] == 0
     lv = jnp.concatenate([-mag[..., :0:-1], mag], axis=-1)
-    return SignMagnitudeQParams(alpha, g, lv, table.b, table.k)
+    return SignMagnitudeQParams(alpha, g, lv, table.b, table.k, table.level_set)
 
 
-def unsigned_qparams(alpha: jax.Array, *, b: int, k: int) -> APoTQParams:
-    """Qparams of the unsigned ``(b, k)`` APoT table for a clipping value
-    ``alpha`` (float32 scalar; zero/subnormal count as ``+0.0``, negative or
-    non-finite give NaN levels): ``calculate_qparams`` with alpha given
-    instead of observed.
+def unsigned_qparams(alpha: jax.Array, *, b: int, k: int, level_set: LevelSet = "apot") -> APoTQParams:
+    """Qparams of an unsigned table for a clipping value ``alpha`` (float32
+    scalar; zero/subnormal count as ``+0.0``, negative or non-finite give NaN
+    levels): ``calculate_qparams`` with alpha given instead of observed.
+
+    ``level_set="apot"``: the ``(b, k)`` APoT table; ``"paper"``: the
+    paper's activation set ``build_power_value(b)`` (``b`` in 2..6, ``k`` not
+    used, levels ``alpha * value``, codes the ascending positions);
+    ``"paper-pot"``: ``build_power_value(b, additive=False)`` (``b`` in 1..7).
+    Levels: float32 ``(2**b,)``.
 
     Raises:
-      ValueError: invalid ``(b, k)`` (at trace time).
+      ValueError: invalid ``(b, k)`` or ``b`` for the level set, or a bad
+        ``level_set`` (at trace time).
     """
-    table = level_table(b, k, False)
+    table = unsigned_table(b, k, level_set)
     alpha = _levels.positive_zero(jnp.asarray(alpha, jnp.float32))
     g = _levels.gamma(alpha, table.p_sum)
     return APoTQParams(alpha, g, _levels.levels(g, table), jnp.asarray(table.level_indices), table.b, table.k, False)
 
 
-def check_learnable(b: int, k: int, scheme: str, normalize: bool, channel_axis: int | None) -> None:
+def check_learnable(
+    b: int, k: int, scheme: str, normalize: bool, channel_axis: int | None, level_set: LevelSet = "apot"
+) -> None:
     """``ValueError`` for a configuration the learnable modules cannot run:
-    a bad ``(b, k)`` for the scheme, or normalization / per-channel alpha
-    with the unsigned (activation) scheme."""
-    _check_scheme(scheme, b, k)
+    a bad ``(b, k)`` for the scheme and level set, or normalization /
+    per-channel alpha with the unsigned (activation) scheme."""
+    _check_scheme(scheme, b, k, level_set)
     if scheme == "unsigned" and (normalize or channel_axis is not None):
         raise ValueError("the unsigned (activation) scheme takes neither normalize nor channel_axis")
 
 
-def _check_scheme(scheme: str, b: int, k: int) -> None:
+def _check_scheme(scheme: str, b: int, k: int, level_set: str = "apot") -> None:
+    check_level_set(level_set)
     if scheme == "sign-magnitude":
-        sign_magnitude_table(b, k)
+        sign_magnitude_table(b, k, level_set)
     elif scheme == "unsigned":
-        level_table(b, k, False)
+        unsigned_table(b, k, level_set)
     else:
         raise ValueError(f"scheme must be one of {', '.join(map(repr, SCHEMES))}, got {scheme!r}")
 
@@ -157,7 +186,7 @@ def quantize(x: jax.Array, qparams: SignMagnitudeQParams, channel_axis: int | No
     (0 for the zero level); ``-2**(b - 1)`` for NaN input or NaN qparams.
     """
     x = _as_float32(x, "quantize")
-    table = sign_magnitude_table(qparams.b, qparams.k)
+    table = sign_magnitude_table(qparams.b, qparams.k, qparams.level_set)
     codes = jnp.asarray(table.code_by_position)
     return _per_channel(lambda v, qp: _lookup(v, qp, codes, table.nan_code), x, qparams, channel_axis)
 
@@ -177,7 +206,7 @@ def dequantize(codes: jax.Array, qparams: SignMagnitudeQParams, channel_axis: in
     codes = jnp.asarray(codes)
     if not jnp.issubdtype(codes.dtype, jnp.integer):
         raise TypeError(f"dequantize needs integer codes, got dtype {codes.dtype}")
-    table = sign_magnitude_table(qparams.b, qparams.k)
+    table = sign_magnitude_table(qparams.b, qparams.k, qparams.level_set)
     half = 2 ** (qparams.b - 1)
     # position of each magnitude code among the ascending magnitudes
     position_of_code = jnp.argsort(jnp.asarray(table.magnitude.level_indices))
@@ -294,12 +323,16 @@ def _broadcast_channel(alpha: jax.Array, ndim: int, channel_axis: int | None) ->
     return alpha.reshape(shape)
 
 
+#: static configuration of the learnable fake quant: (b, k, channel_axis, scheme, level_set)
+_Config = tuple[int, int, int | None, str, str]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _learnable(x: jax.Array, alpha: jax.Array, config: tuple[int, int, int | None, str]) -> jax.Array:
-    b, k, channel_axis, scheme = config
+def _learnable(x: jax.Array, alpha: jax.Array, config: _Config) -> jax.Array:
+    b, k, channel_axis, scheme, level_set = config
     if scheme == "unsigned":
-        return _apot_quant_dequant(x, unsigned_qparams(alpha, b=b, k=k))
-    return quant_dequant(x, sign_magnitude_qparams(alpha, b=b, k=k), channel_axis)
+        return _apot_quant_dequant(x, unsigned_qparams(alpha, b=b, k=k, level_set=level_set))
+    return quant_dequant(x, sign_magnitude_qparams(alpha, b=b, k=k, level_set=level_set), channel_axis)
 
 
 def _learnable_fwd(x, alpha, config):
@@ -309,7 +342,7 @@ def _learnable_fwd(x, alpha, config):
 
 def _learnable_bwd(config, residuals, dy):
     x, alpha, y = residuals
-    _, _, channel_axis, scheme = config
+    _, _, channel_axis, scheme, _ = config
     a = _broadcast_channel(jnp.asarray(alpha, jnp.float32), x.ndim, channel_axis)
     dx = jnp.where(ste_mask(x, a), dy, jnp.zeros_like(dy))
     contributions = _levels.flush_subnormal(dy.astype(jnp.float32) * alpha_grad_elements(x, a, y, scheme))
@@ -332,6 +365,7 @@ def learnable_fake_quantize(
     k: int,
     channel_axis: int | None = None,
     scheme: str = "sign-magnitude",
+    level_set: LevelSet = "apot",
 ) -> jax.Array:
     """APoT fake quant with a trainable clipping value.
 
@@ -344,6 +378,11 @@ def learnable_fake_quantize(
         runs along (sign-magnitude only).
       scheme: ``"sign-magnitude"`` (weights) or ``"unsigned"`` (activations:
         the unsigned ``(b, k)`` levels, negative inputs give 0).
+      level_set: ``"apot"`` (the ``(b, k)`` tables), ``"paper"`` (the
+        paper's ``build_power_value`` sets: weights sign + ``b - 1`` bits,
+        ``b`` in 2..7; activations ``b`` bits, ``b`` in 2..6; ``k`` not used)
+        or ``"paper-pot"`` (its non-additive sets); see
+        :func:`sign_magnitude_qparams` and :func:`unsigned_qparams`.
 
     Returns:
       ``quant_dequant`` of ``x`` with the scheme's qparams for ``alpha``,
@@ -354,7 +393,7 @@ def learnable_fake_quantize(
       reproducible too.
     """
     _as_float32(x, "learnable_fake_quantize")
-    _check_scheme(scheme, b, k)
+    _check_scheme(scheme, b, k, level_set)
     alpha = jnp.asarray(alpha, jnp.float32)
     if channel_axis is not None:
         if scheme != "sign-magnitude":
@@ -362,7 +401,7 @@ def learnable_fake_quantize(
         _channel_axis(channel_axis, jnp.ndim(x))
     elif alpha.ndim != 0:
         raise ValueError(f"per-tensor quantization needs a scalar alpha, got shape {alpha.shape}")
-    return _learnable(x, alpha, (int(b), int(k), channel_axis, scheme))
+    return _learnable(x, alpha, (int(b), int(k), channel_axis, scheme, level_set))
 
 
 def fit_alpha(
@@ -373,6 +412,7 @@ def fit_alpha(
     scheme: str = "unsigned",
     channel_axis: int | None = None,
     candidates: int = 64,
+    level_set: LevelSet = "apot",
 ) -> jax.Array:
     """A starting alpha for :func:`learnable_fake_quantize`, fitted to data.
 
@@ -392,8 +432,8 @@ def fit_alpha(
       x: floating array, any non-empty shape, finite, ``top > 0``: e.g. a
         layer's inputs on a calibration batch (the ReLU outputs for
         ``scheme="unsigned"``), or a (normalized) weight.
-      b, k, scheme, channel_axis: as in :func:`learnable_fake_quantize`
-        (``channel_axis`` for sign-magnitude only).
+      b, k, scheme, channel_axis, level_set: as in
+        :func:`learnable_fake_quantize` (``channel_axis`` for sign-magnitude only).
       candidates: number of grid points, ``>= 1``.
 
     Returns:
@@ -406,7 +446,7 @@ def fit_alpha(
       without a positive ``top`` (in some channel).
     """
     x = _as_float32(x, "fit_alpha")
-    _check_scheme(scheme, b, k)
+    _check_scheme(scheme, b, k, level_set)
     if channel_axis is None:
         rows = x.reshape(1, -1)
     elif scheme != "sign-magnitude":
@@ -419,12 +459,13 @@ def fit_alpha(
     magnitude = scheme == "sign-magnitude"
     top = jnp.max(jnp.abs(rows) if magnitude else rows, axis=1)
     grid = fit_alpha_grid(top, candidates, "magnitude" if magnitude else "value")  # (candidates, C)
-    alpha = _fit_alpha(rows, jnp.asarray(grid), (int(b), int(k), None if channel_axis is None else 0, scheme))
+    config = (int(b), int(k), None if channel_axis is None else 0, scheme, level_set)
+    alpha = _fit_alpha(rows, jnp.asarray(grid), config)
     return alpha.reshape(()) if channel_axis is None else alpha
 
 
 @functools.partial(jax.jit, static_argnums=(2,))
-def _fit_alpha(rows: jax.Array, grid: jax.Array, config: tuple[int, int, int | None, str]) -> jax.Array:
+def _fit_alpha(rows: jax.Array, grid: jax.Array, config: _Config) -> jax.Array:
     def errors(alphas: jax.Array) -> jax.Array:  # (C,) per channel of rows
         d = _learnable(rows, alphas if config[2] is not None else alphas[0], config) - rows
         return pairwise_sum(d * d, (1,)).reshape(-1)
@@ -451,8 +492,12 @@ def normalize_weight(w: jax.Array, channel_axis: int | None = None) -> tuple[jax
       code) keep the reduced axes as size 1. The statistics are constants for
       the gradient, as in the paper's code (``weight.data.mean()``), so
       ``d w_hat / d w = 1 / std``. A zero std gives ``w_hat = w - mean`` (all
-      zeros). Reductions are the backend's: equal across frameworks only to
-      within float32 rounding (``docs/numerics.md`` 9).
+      zeros). The sums are :func:`pairwise_sum` (a fixed order), the
+      divisions multiplies by host-rounded ``1/count`` and a correctly
+      rounded :func:`reciprocal`, the square root correctly rounded: so
+      ``w_hat``, ``mean`` and ``std`` are bitwise equal to
+      ``apot_torch.paper.normalize_weight`` of the same values in the same
+      element order, and between ``jit`` and eager (``docs/numerics.md`` 9.3).
     """
     w = jnp.asarray(w, jnp.float32)
     if channel_axis is None:
@@ -487,6 +532,7 @@ def paper_weight_quant(
     k: int,
     normalize: bool = True,
     channel_axis: int | None = None,
+    level_set: LevelSet = "apot",
 ) -> jax.Array:
     """The paper's weight fake quant: normalize, quantize with learnable alpha.
 
@@ -494,16 +540,17 @@ def paper_weight_quant(
     ``normalize`` (the factor ``std`` stands in for the BatchNorm that
     follows every convolution in the paper's networks; the mean is not added
     back, so the quantized weight stays on the symmetric level set, scaled),
-    else ``learnable_fake_quantize(w, alpha)``. Shapes as
-    :func:`learnable_fake_quantize`; float32 output.
+    else ``learnable_fake_quantize(w, alpha)``, sign-magnitude levels of
+    ``level_set``. Shapes as :func:`learnable_fake_quantize`; float32 output.
     """
     if not normalize:
-        return learnable_fake_quantize(w, alpha, b=b, k=k, channel_axis=channel_axis)
+        return learnable_fake_quantize(w, alpha, b=b, k=k, channel_axis=channel_axis, level_set=level_set)
     w_hat, _, std = normalize_weight(w, channel_axis)
-    return learnable_fake_quantize(w_hat, alpha, b=b, k=k, channel_axis=channel_axis) * std
+    return learnable_fake_quantize(w_hat, alpha, b=b, k=k, channel_axis=channel_axis, level_set=level_set) * std
 
 
 __all__ = [
+    "LEVEL_SETS",
     "SCHEMES",
     "SignMagnitudeQParams",
     "alpha_grad_elements",

@@ -2,8 +2,11 @@
 alpha, weight normalization, per-channel alpha.
 
 Mirrors ``apot_jax/paper.py`` function for function (see that module and
-``docs/numerics.md`` section 9). Every function works on any device and never
-modifies its inputs.
+``docs/numerics.md`` section 9), ``level_set=`` included: ``"apot"`` (the
+``(b, k)`` tables, default), ``"paper"`` (the paper code's
+``build_power_value`` sets: weights sign + ``b - 1`` bits, activations ``b``
+bits) or ``"paper-pot"`` (its non-additive sets). Every function works on any
+device and never modifies its inputs.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from apot_common.tables import fit_alpha_grid, level_table, sign_magnitude_table
+from apot_common.tables import LEVEL_SETS, LevelSet, check_level_set, fit_alpha_grid, sign_magnitude_table, unsigned_table
 from apot_torch import levels as _levels
 from apot_torch.fake_quantize_function import ste_mask
 from apot_torch.quantizer import APoTQuantizer, _lookup, as_float32
@@ -26,7 +29,9 @@ class SignMagnitudeQParams(NamedTuple):
     """Qparams of the sign-magnitude scheme (see ``apot_jax.paper``).
 
     alpha, gamma: float32 ``()`` or ``(C,)``; quantization_levels: float32
-    ``alpha.shape + (2**b - 1,)``, ascending and symmetric; b, k: ints.
+    ``alpha.shape + (2**b - 1,)``, ascending and symmetric; b, k: ints (``k``
+    is 0 for the paper's sets); level_set: ``"apot"``, ``"paper"`` or
+    ``"paper-pot"``.
     """
 
     alpha: Tensor
@@ -34,48 +39,65 @@ class SignMagnitudeQParams(NamedTuple):
     quantization_levels: Tensor
     b: int
     k: int
+    level_set: str = "apot"
 
 
-def sign_magnitude_qparams(alpha: Tensor, *, b: int, k: int) -> SignMagnitudeQParams:
+def sign_magnitude_qparams(alpha: Tensor, *, b: int, k: int, level_set: LevelSet = "apot") -> SignMagnitudeQParams:
     """Qparams of the ``(b, k)`` sign-magnitude scheme for clipping value ``alpha``
     (float32 scalar or ``(C,)``; zero/subnormal count as ``+0.0``, negative or
-    non-finite give NaN levels).
+    non-finite give NaN levels); ``level_set`` as
+    ``apot_jax.paper.sign_magnitude_qparams`` (``"paper"``: sign +
+    ``build_power_value(b - 1)``, ``b`` in 2..7, ``k`` not used). Levels:
+    float32 ``alpha.shape + (2**b - 1,)``.
 
     Raises:
-      ValueError: ``b < 2`` or ``k`` not dividing ``b - 1``.
+      ValueError: ``b < 2``, ``k`` not dividing ``b - 1`` (``"apot"``), a
+        ``b`` the paper's sets lack, or a bad ``level_set``.
     """
-    table = sign_magnitude_table(b, k)
+    table = sign_magnitude_table(b, k, level_set)
     alpha = _levels.positive_zero(alpha.detach().to(torch.float32))
     g = _levels.gamma(alpha, table.p_sum)
     mag = _levels.levels(g, table.magnitude)
     lv = torch.cat([-mag[..., 1:].flip(-1), mag], dim=-1)
-    return SignMagnitudeQParams(alpha, g, lv, table.b, table.k)
+    return SignMagnitudeQParams(alpha, g, lv, table.b, table.k, table.level_set)
 
 
-def unsigned_qparams(alpha: Tensor, *, b: int, k: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(alpha, gamma, quantization_levels, level_indices)`` of the unsigned
-    ``(b, k)`` APoT table for a clipping value ``alpha`` (float32 scalar), as
-    ``apot_jax.paper.unsigned_qparams``."""
-    table = level_table(b, k, False)
+def unsigned_qparams(
+    alpha: Tensor, *, b: int, k: int, level_set: LevelSet = "apot"
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(alpha, gamma, quantization_levels, level_indices)`` of an unsigned
+    table for a clipping value ``alpha`` (float32 scalar), as
+    ``apot_jax.paper.unsigned_qparams``: the ``(b, k)`` APoT table, or with
+    ``level_set="paper"`` the paper's ``build_power_value(b)`` (``b`` in
+    2..6; ``"paper-pot"``: non-additive, ``b`` in 1..7; ``k`` not used).
+    Levels: float32 ``(2**b,)``; indices int32.
+
+    Raises:
+      ValueError: invalid ``(b, k)`` or ``b`` for the level set, or a bad ``level_set``.
+    """
+    table = unsigned_table(b, k, level_set)
     alpha = _levels.positive_zero(alpha.detach().to(torch.float32))
     g = _levels.gamma(alpha, table.p_sum)
     return alpha, g, _levels.levels(g, table), torch.tensor(table.level_indices, device=alpha.device)
 
 
-def check_learnable(b: int, k: int, scheme: str, normalize: bool, channel_axis: int | None) -> None:
+def check_learnable(
+    b: int, k: int, scheme: str, normalize: bool, channel_axis: int | None, level_set: LevelSet = "apot"
+) -> None:
     """``ValueError`` for a configuration the learnable modules cannot run:
-    a bad ``(b, k)`` for the scheme, or normalization / per-channel alpha
-    with the unsigned (activation) scheme."""
-    _check_scheme(scheme, b, k)
+    a bad ``(b, k)`` for the scheme and level set, or normalization /
+    per-channel alpha with the unsigned (activation) scheme."""
+    _check_scheme(scheme, b, k, level_set)
     if scheme == "unsigned" and (normalize or channel_axis is not None):
         raise ValueError("the unsigned (activation) scheme takes neither normalize nor channel_axis")
 
 
-def _check_scheme(scheme: str, b: int, k: int) -> None:
+def _check_scheme(scheme: str, b: int, k: int, level_set: str = "apot") -> None:
+    check_level_set(level_set)
     if scheme == "sign-magnitude":
-        sign_magnitude_table(b, k)
+        sign_magnitude_table(b, k, level_set)
     elif scheme == "unsigned":
-        level_table(b, k, False)
+        unsigned_table(b, k, level_set)
     else:
         raise ValueError(f"scheme must be one of {', '.join(map(repr, SCHEMES))}, got {scheme!r}")
 
@@ -131,7 +153,7 @@ def _channel_invalid(x: Tensor, qparams: SignMagnitudeQParams, axis: int) -> Ten
 def quantize(x: Tensor, qparams: SignMagnitudeQParams, channel_axis: int | None = None) -> Tensor:
     """Signed int32 codes of ``x`` (``+-c``; ``-2**(b - 1)`` for NaN), shaped like ``x``."""
     x = as_float32(x, "quantize")
-    table = sign_magnitude_table(qparams.b, qparams.k)
+    table = sign_magnitude_table(qparams.b, qparams.k, qparams.level_set)
     codes = torch.tensor(table.code_by_position, device=x.device)
     axis = _check_channels(x, qparams, channel_axis)
     if axis is None:
@@ -160,7 +182,7 @@ def dequantize(codes: Tensor, qparams: SignMagnitudeQParams, channel_axis: int |
     ``(-2**(b-1), 2**(b-1))`` give NaN."""
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
         raise TypeError(f"dequantize needs integer codes, got dtype {codes.dtype}")
-    table = sign_magnitude_table(qparams.b, qparams.k)
+    table = sign_magnitude_table(qparams.b, qparams.k, qparams.level_set)
     half = 2 ** (qparams.b - 1)
     position_of_code = torch.argsort(torch.tensor(table.magnitude.level_indices, device=codes.device))
     zero = half - 1
@@ -244,10 +266,12 @@ def _broadcast_channel(alpha: Tensor, ndim: int, channel_axis: int | None) -> Te
     return alpha.reshape(shape)
 
 
-def _learnable_forward(x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None, scheme: str) -> Tensor:
+def _learnable_forward(
+    x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None, scheme: str, level_set: str = "apot"
+) -> Tensor:
     if scheme == "unsigned":
-        return APoTQuantizer(*unsigned_qparams(alpha, b=b, k=k)).quant_dequant(x)
-    return quant_dequant(x, sign_magnitude_qparams(alpha, b=b, k=k), channel_axis)
+        return APoTQuantizer(*unsigned_qparams(alpha, b=b, k=k, level_set=level_set)).quant_dequant(x)
+    return quant_dequant(x, sign_magnitude_qparams(alpha, b=b, k=k, level_set=level_set), channel_axis)
 
 
 class learnable_fake_quantize_function(torch.autograd.Function):  # noqa: N801 (torch.ao naming)
@@ -256,15 +280,17 @@ class learnable_fake_quantize_function(torch.autograd.Function):  # noqa: N801 (
     alpha_grad_elements)`` over the tensor (per channel: over every dim but
     ``channel_axis``), bitwise equal to ``apot_jax``.
 
-    ``apply(x, alpha, b, k, channel_axis, scheme)``: ``x`` floating, any
-    shape; ``alpha`` float32 scalar or ``(C,)``. Output: shape and dtype of ``x``.
+    ``apply(x, alpha, b, k, channel_axis, scheme[, level_set])``: ``x``
+    floating, any shape; ``alpha`` float32 scalar or ``(C,)``; ``level_set``
+    ``"apot"`` when left out. Output: shape and dtype of ``x``.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None, scheme: str):
+    def forward(ctx, x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None, scheme: str, *level_set: str):
         as_float32(x, "learnable_fake_quantize")
-        y = _learnable_forward(x, alpha, b, k, channel_axis, scheme)
+        y = _learnable_forward(x, alpha, b, k, channel_axis, scheme, *level_set)
         ctx.channel_axis, ctx.scheme = channel_axis, scheme
+        ctx.static_inputs = 4 + len(level_set)  # b, k, channel_axis, scheme[, level_set]: no gradient
         ctx.save_for_backward(x, alpha, y)
         return y
 
@@ -274,8 +300,9 @@ class learnable_fake_quantize_function(torch.autograd.Function):  # noqa: N801 (
         channel_axis = ctx.channel_axis
         a = _broadcast_channel(alpha.detach().to(torch.float32), x.dim(), channel_axis)
         grad_x = torch.where(ste_mask(x, a), grad_output, 0.0)
+        static = (None,) * ctx.static_inputs
         if not ctx.needs_input_grad[1]:  # an observed (constant) alpha
-            return grad_x, None, None, None, None, None
+            return (grad_x, None) + static
         elements = alpha_grad_elements(x, a, y, ctx.scheme)
         contributions = _levels.flush_subnormal(grad_output.to(torch.float32) * elements)
         if channel_axis is None:
@@ -283,23 +310,31 @@ class learnable_fake_quantize_function(torch.autograd.Function):  # noqa: N801 (
         else:
             axis = _channel_axis(channel_axis, x.dim())
             grad_alpha = pairwise_sum(contributions, [i for i in range(x.dim()) if i != axis]).reshape(-1)
-        return grad_x, grad_alpha.to(alpha.dtype), None, None, None, None
+        return (grad_x, grad_alpha.to(alpha.dtype)) + static
 
 
 def learnable_fake_quantize(
-    x: Tensor, alpha: Tensor, *, b: int, k: int, channel_axis: int | None = None, scheme: str = "sign-magnitude"
+    x: Tensor,
+    alpha: Tensor,
+    *,
+    b: int,
+    k: int,
+    channel_axis: int | None = None,
+    scheme: str = "sign-magnitude",
+    level_set: LevelSet = "apot",
 ) -> Tensor:
     """APoT fake quant with a trainable ``alpha``: sign-magnitude weights or
-    (``scheme="unsigned"``) the unsigned table for activations (see
-    ``apot_jax.paper.learnable_fake_quantize`` for shapes and gradients)."""
-    _check_scheme(scheme, b, k)
+    (``scheme="unsigned"``) the unsigned table for activations, over the
+    ``level_set``'s levels (see ``apot_jax.paper.learnable_fake_quantize``
+    for shapes, gradients and errors)."""
+    _check_scheme(scheme, b, k, level_set)
     if channel_axis is not None:
         if scheme != "sign-magnitude":
             raise ValueError("per-channel alpha is for sign-magnitude weights")
         _channel_axis(channel_axis, x.dim())
     elif alpha.dim() != 0:
         raise ValueError(f"per-tensor quantization needs a scalar alpha, got shape {tuple(alpha.shape)}")
-    return learnable_fake_quantize_function.apply(x, alpha, int(b), int(k), channel_axis, scheme)
+    return learnable_fake_quantize_function.apply(x, alpha, int(b), int(k), channel_axis, scheme, level_set)
 
 
 @torch.no_grad()
@@ -311,6 +346,7 @@ def fit_alpha(
     scheme: str = "unsigned",
     channel_axis: int | None = None,
     candidates: int = 64,
+    level_set: LevelSet = "apot",
 ) -> Tensor:
     """A starting alpha for :func:`learnable_fake_quantize`, fitted to data:
     of ``top * i / candidates`` (``i = 1..candidates``, ``top`` the largest
@@ -325,7 +361,7 @@ def fit_alpha(
     ``torch.no_grad()``.
     """
     x = as_float32(x, "fit_alpha")
-    _check_scheme(scheme, b, k)
+    _check_scheme(scheme, b, k, level_set)
     if channel_axis is None:
         rows = x.reshape(1, -1)
     elif scheme != "sign-magnitude":
@@ -340,7 +376,8 @@ def fit_alpha(
     axis = None if channel_axis is None else 0
     errors = []
     for alphas in grid:
-        d = _learnable_forward(rows, alphas if axis is not None else alphas[0], int(b), int(k), axis, scheme) - rows
+        a = alphas if axis is not None else alphas[0]
+        d = _learnable_forward(rows, a, int(b), int(k), axis, scheme, level_set) - rows
         errors.append(pairwise_sum(d * d, [1]).reshape(-1))
     best = torch.argmin(torch.stack(errors), dim=0)  # the first minimum
     alpha = torch.gather(grid, 0, best[None, :])[0]
@@ -380,18 +417,26 @@ def normalize_weight(w: Tensor, channel_axis: int | None = None) -> tuple[Tensor
 
 
 def paper_weight_quant(
-    w: Tensor, alpha: Tensor, *, b: int, k: int, normalize: bool = True, channel_axis: int | None = None
+    w: Tensor,
+    alpha: Tensor,
+    *,
+    b: int,
+    k: int,
+    normalize: bool = True,
+    channel_axis: int | None = None,
+    level_set: LevelSet = "apot",
 ) -> Tensor:
     """``std * learnable_fake_quantize((w - mean) / std, alpha)`` with
-    ``normalize``, else ``learnable_fake_quantize(w, alpha)`` (see
-    ``apot_jax.paper.paper_weight_quant``)."""
+    ``normalize``, else ``learnable_fake_quantize(w, alpha)``, sign-magnitude
+    levels of ``level_set`` (see ``apot_jax.paper.paper_weight_quant``)."""
     if not normalize:
-        return learnable_fake_quantize(w, alpha, b=b, k=k, channel_axis=channel_axis)
+        return learnable_fake_quantize(w, alpha, b=b, k=k, channel_axis=channel_axis, level_set=level_set)
     w_hat, _, std = normalize_weight(w, channel_axis)
-    return learnable_fake_quantize(w_hat, alpha, b=b, k=k, channel_axis=channel_axis) * std
+    return learnable_fake_quantize(w_hat, alpha, b=b, k=k, channel_axis=channel_axis, level_set=level_set) * std
 
 
 __all__ = [
+    "LEVEL_SETS",
     "SCHEMES",
     "SignMagnitudeQParams",
     "alpha_grad_elements",
