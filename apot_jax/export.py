@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from apot_common.tables import check_export_codes, export_code_dtype, sign_magnitude_table
+from apot_common.tables import LevelSet, check_export_codes, export_code_dtype, sign_magnitude_table
 from apot_jax import paper
 
 
@@ -41,6 +41,9 @@ class ExportedKernel:
         rank): the normalization std (1 if the layer did not normalize).
       bias: float32 ``(out,)`` or ``None``.
       b, k: the sign-magnitude configuration; per_channel: alpha per output.
+      level_set: ``"apot"`` (the ``(b, k)`` tables), ``"paper"`` or
+        ``"paper-pot"`` (the paper's ``build_power_value`` magnitudes; codes
+        ``+-`` the magnitude's ascending position, ``k`` is 0).
     """
 
     codes: np.ndarray
@@ -51,6 +54,7 @@ class ExportedKernel:
     b: int
     k: int
     per_channel: bool
+    level_set: str = "apot"
 
     def code_bytes(self) -> int:
         """Bytes of the codes packed at ``b`` bits each."""
@@ -75,14 +79,16 @@ def export_kernel(
     normalize: bool = True,
     per_channel: bool = False,
     bias: jax.Array | None = None,
+    level_set: LevelSet = "apot",
 ) -> ExportedKernel:
     """Codes and scales of a trained kernel (``(in, out)`` or ``(*window, in,
     out)``, output features last) and its alpha (``()``, or ``(out,)`` with
     ``per_channel``), as ``paper_weight_quant`` with ``channel_axis=-1``
-    quantized it.
+    quantized it (``level_set`` as there: ``"apot"``, ``"paper"`` or ``"paper-pot"``).
 
     Raises:
-      ValueError: a kernel of rank < 2, or with NaN (no code).
+      ValueError: a kernel of rank < 2, or with NaN (no code); a ``(b, k)``
+        or ``level_set`` that ``sign_magnitude_qparams`` refuses.
     """
     kernel = jnp.asarray(kernel, jnp.float32)
     if kernel.ndim < 2:
@@ -93,9 +99,9 @@ def export_kernel(
         w_hat, _, scale = paper.normalize_weight(kernel, axis)
     else:
         w_hat, scale = kernel, jnp.ones(scale_shape, jnp.float32)
-    qparams = paper.sign_magnitude_qparams(alpha, b=b, k=k)
+    qparams = paper.sign_magnitude_qparams(alpha, b=b, k=k, level_set=level_set)
     codes = np.asarray(paper.quantize(w_hat, qparams, axis))
-    if (codes == sign_magnitude_table(b, k).nan_code).any():
+    if (codes == sign_magnitude_table(b, k, level_set).nan_code).any():
         raise ValueError("export_kernel needs a kernel without NaN (NaN has no code)")
     return ExportedKernel(
         codes=codes.astype(export_code_dtype(b)),
@@ -104,17 +110,20 @@ def export_kernel(
         scale=np.asarray(scale, np.float32).reshape(scale_shape),
         bias=None if bias is None else np.asarray(bias, np.float32),
         b=b,
-        k=k,
+        k=qparams.k,
         per_channel=per_channel,
+        level_set=qparams.level_set,
     )
 
 
 def dequantize_kernel(exported: ExportedKernel) -> jax.Array:
     """float32 kernel (the codes' shape): the codes' levels times the scale,
     equal bit for bit to the fake-quant kernel of ``paper_weight_quant``."""
-    qparams = paper.sign_magnitude_qparams(jnp.asarray(exported.alpha), b=exported.b, k=exported.k)
-    levels = paper.dequantize(jnp.asarray(exported.codes), qparams, _axis(exported.per_channel))
-    return levels * jnp.asarray(exported.scale)
+    qparams = paper.sign_magnitude_qparams(
+        jnp.asarray(exported.alpha), b=exported.b, k=exported.k, level_set=exported.level_set
+    )
+    values = paper.dequantize(jnp.asarray(exported.codes), qparams, _axis(exported.per_channel))
+    return values * jnp.asarray(exported.scale)
 
 
 def dense_from_codes(x: jax.Array, exported: ExportedKernel) -> jax.Array:
@@ -144,11 +153,29 @@ def conv_from_codes(
     return _conv(jnp.asarray(x, jnp.float32), kernel, bias, _tuple(strides, kernel.ndim - 2), padding)
 
 
+def _apot_magnitude(exported: ExportedKernel, what: str):
+    """The APoT magnitude table of an ``"apot"`` export; ``ValueError`` for the
+    paper's level sets, whose levels ``alpha * fl(s / max)`` are not
+    ``gamma * I / 2**D`` with ``I`` an integer sum of powers of two (they are
+    normalised by a max such as 5/8 and rounded), so no exact integer path."""
+    if exported.level_set != "apot":
+        raise ValueError(
+            f"{what} needs an export of the APoT (b, k) tables; level_set={exported.level_set!r} "
+            "(the paper's sets, normalised by their max) has no exact shift-and-add form: use dequantize_kernel"
+        )
+    return sign_magnitude_table(exported.b, exported.k).magnitude
+
+
 def integer_weights(exported: ExportedKernel) -> tuple[np.ndarray, int]:
     """``(I, D)``: the kernel's levels are ``gamma * I / 2**D`` exactly, ``I``
     int64 ``(in, out)`` (sign included), each a sum of at most ``n`` powers of
-    two (the APoT terms in units of ``2**-D``)."""
-    table = sign_magnitude_table(exported.b, exported.k).magnitude
+    two (the APoT terms in units of ``2**-D``).
+
+    Raises:
+      ValueError: an export of the paper's level sets (see :func:`_apot_magnitude`),
+        or a code outside the ``b``-bit range.
+    """
+    table = _apot_magnitude(exported, "integer_weights")
     check_export_codes(exported.codes, exported.b)
     d = table.n * (2**table.k - 1) - 1  # the finest term is 2**-d
     magnitude = np.rint(table.base_sum.astype(np.float64) * 2.0**d).astype(np.int64)
@@ -175,7 +202,7 @@ def shift_add_matmul(x_int: np.ndarray, exported: ExportedKernel) -> np.ndarray:
         raise ValueError("shift_add_matmul needs a 2-D integer activation")
     if exported.codes.ndim != 2:
         raise ValueError(f"shift_add_matmul needs a 2-D (Dense) kernel, got shape {exported.codes.shape}")
-    table = sign_magnitude_table(exported.b, exported.k).magnitude
+    table = _apot_magnitude(exported, "shift_add_matmul")
     check_export_codes(exported.codes, exported.b)
     n, k = table.n, table.k
     d = n * (2**k - 1) - 1

@@ -11,7 +11,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from apot_common.tables import check_export_codes, export_code_dtype, sign_magnitude_table
+from apot_common.tables import LevelSet, check_export_codes, export_code_dtype, sign_magnitude_table
 from apot_torch import paper
 
 
@@ -26,6 +26,8 @@ class ExportedWeight:
         rank): the normalization std (1 without normalization).
       bias: float32 ``(out,)`` or ``None``.
       b, k, per_channel: the configuration.
+      level_set: ``"apot"``, ``"paper"`` or ``"paper-pot"`` (``k`` is 0 for
+        the paper's sets; see ``apot_jax.export.ExportedKernel``).
     """
 
     codes: Tensor
@@ -36,6 +38,7 @@ class ExportedWeight:
     b: int
     k: int
     per_channel: bool
+    level_set: str = "apot"
 
     def code_bytes(self) -> int:
         """Bytes of the codes packed at ``b`` bits each."""
@@ -61,13 +64,16 @@ def export_weight(
     normalize: bool = True,
     per_channel: bool = False,
     bias: Tensor | None = None,
+    level_set: LevelSet = "apot",
 ) -> ExportedWeight:
     """Codes and scales of a trained weight (``(out, in)`` or ``(out, in,
     *window)``) and its alpha (``()``, or ``(out,)`` with ``per_channel``),
-    as ``paper_weight_quant`` with ``channel_axis=0`` quantized it.
+    as ``paper_weight_quant`` with ``channel_axis=0`` quantized it
+    (``level_set`` as there).
 
     Raises:
-      ValueError: a weight of rank < 2, or with NaN (no code).
+      ValueError: a weight of rank < 2, or with NaN (no code); a ``(b, k)``
+        or ``level_set`` that ``sign_magnitude_qparams`` refuses.
     """
     weight = weight.detach().to(torch.float32)
     if weight.dim() < 2:
@@ -78,9 +84,9 @@ def export_weight(
         w_hat, _, scale = paper.normalize_weight(weight, axis)
     else:
         w_hat, scale = weight, torch.ones(scale_shape, device=weight.device)
-    qparams = paper.sign_magnitude_qparams(alpha.detach(), b=b, k=k)
+    qparams = paper.sign_magnitude_qparams(alpha.detach(), b=b, k=k, level_set=level_set)
     codes = paper.quantize(w_hat, qparams, axis)
-    if bool((codes == sign_magnitude_table(b, k).nan_code).any()):
+    if bool((codes == sign_magnitude_table(b, k, level_set).nan_code).any()):
         raise ValueError("export_weight needs a weight without NaN (NaN has no code)")
     return ExportedWeight(
         codes=codes.to(getattr(torch, export_code_dtype(b).name)),
@@ -89,15 +95,16 @@ def export_weight(
         scale=scale.reshape(scale_shape),
         bias=None if bias is None else bias.detach().to(torch.float32),
         b=b,
-        k=k,
+        k=qparams.k,
         per_channel=per_channel,
+        level_set=qparams.level_set,
     )
 
 
 def dequantize_weight(exported: ExportedWeight) -> Tensor:
     """float32 weight (the codes' shape): the codes' levels times the scale,
     equal bit for bit to the fake-quant weight of ``paper_weight_quant``."""
-    qparams = paper.sign_magnitude_qparams(exported.alpha, b=exported.b, k=exported.k)
+    qparams = paper.sign_magnitude_qparams(exported.alpha, b=exported.b, k=exported.k, level_set=exported.level_set)
     return paper.dequantize(exported.codes, qparams, _axis(exported.per_channel)) * exported.scale
 
 
@@ -123,10 +130,26 @@ def conv_from_codes(
     return conv(x.to(torch.float32), dequantize_weight(exported), exported.bias, stride=stride, padding=padding)
 
 
+def _apot_magnitude(exported: ExportedWeight, what: str):
+    """The APoT magnitude table of an ``"apot"`` export; ``ValueError`` for the
+    paper's level sets (no exact shift-and-add form: see ``apot_jax.export``)."""
+    if exported.level_set != "apot":
+        raise ValueError(
+            f"{what} needs an export of the APoT (b, k) tables; level_set={exported.level_set!r} "
+            "(the paper's sets, normalised by their max) has no exact shift-and-add form: use dequantize_weight"
+        )
+    return sign_magnitude_table(exported.b, exported.k).magnitude
+
+
 def integer_weights(exported: ExportedWeight) -> tuple[Tensor, int]:
     """``(I, D)``: the weight's levels are ``gamma * I / 2**D`` exactly, ``I``
-    int64 ``(out, in)``, each a signed sum of at most ``n`` powers of two."""
-    table = sign_magnitude_table(exported.b, exported.k).magnitude
+    int64 ``(out, in)``, each a signed sum of at most ``n`` powers of two.
+
+    Raises:
+      ValueError: an export of the paper's level sets (no exact integer
+        form, see ``apot_jax.export``), or a code outside the ``b``-bit range.
+    """
+    table = _apot_magnitude(exported, "integer_weights")
     check_export_codes(exported.codes.cpu().numpy(), exported.b)
     d = table.n * (2**table.k - 1) - 1
     magnitude = torch.tensor(table.base_sum, dtype=torch.float64, device=exported.codes.device)
@@ -152,7 +175,7 @@ def shift_add_matmul(x_int: Tensor, exported: ExportedWeight) -> Tensor:
         raise ValueError(f"shift_add_matmul needs a 2-D (linear) weight, got shape {tuple(exported.codes.shape)}")
     if x_int.is_complex() or x_int.dtype == torch.bool:
         raise ValueError(f"shift_add_matmul needs a 2-D integer activation, got dtype {x_int.dtype}")
-    table = sign_magnitude_table(exported.b, exported.k).magnitude
+    table = _apot_magnitude(exported, "shift_add_matmul")
     check_export_codes(exported.codes.cpu().numpy(), exported.b)
     n, k = table.n, table.k
     d = n * (2**k - 1) - 1
