@@ -3,8 +3,9 @@
 :class:`APoTQuantizer` annotates the weights of
 ``aten.linear`` / ``aten.conv2d`` (and their inputs, when asked) with
 apot_torch's eager fake quants, so the prepared program trains exactly as
-the eager modules do. The convert to an exported program computing from
-integer codes is not written yet; use ``apot_torch.torchao`` for that.
+the eager modules do. :func:`convert` gives a copy of the prepared graph
+that computes from integer weight codes (exportable again). Ops other than
+linear/conv2d stay float; a graph with neither is a ``ValueError``.
 
 Not re-exported at the package top level: ``apot_torch.APoTQuantizer`` is
 the prototype's quantizer class.
@@ -51,6 +52,30 @@ class PT2EAPoTFakeQuantize(FakeQuantizeBase):
         return self.fake_quant.calculate_qparams()
 
 
+def _layer_name(node: torch.fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, kind = list(stack.values())[-1]
+        kind = getattr(kind, "__name__", str(kind).rsplit(".", 1)[-1].strip("'>"))
+        return f"layer {path!r} ({kind}, node {node.name!r})"
+    return f"node {node.name!r} ({node.target})"
+
+
+def _check_weight(node: torch.fx.Node, weight: torch.fx.Node, config: APoTFakeQuantizeConfig) -> None:
+    value = weight.meta.get("val")
+    if value is None:
+        raise ValueError(f"{_layer_name(node)}: the weight has no traced value; export the model with torch.export")
+    if value.dtype != torch.float32:
+        raise ValueError(f"{_layer_name(node)}: APoT QAT needs a float32 weight, got {value.dtype}")
+    if config.normalize:
+        per = value[0].numel() if config.per_channel else value.numel()
+        if per < 2:
+            raise ValueError(
+                f"{_layer_name(node)}: weight normalization needs at least 2 weight elements per "
+                f"{'output channel' if config.per_channel else 'tensor'}, got {per}"
+            )
+
+
 class APoTQuantizer(Quantizer):
     """PT2E quantizer: APoT fake quant of linear/conv2d weights (``weight``)
     and, optionally, their inputs (``activation``, per tensor)."""
@@ -66,15 +91,32 @@ class APoTQuantizer(Quantizer):
         self.weight, self.activation = weight, activation
 
     def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        """Annotate every ``aten.linear`` / ``aten.conv2d`` (other ops stay
+        float, as with PT2E's other quantizers).
+
+        Raises:
+          ValueError: naming the layer, for a weight these fake quants cannot
+            run (not float32; normalization with fewer than 2 elements per
+            statistic); or when the graph has no linear/conv2d at all.
+        """
+        found = False
         for node in model.graph.nodes:
             if node.op != "call_function" or node.target not in _OPS:
                 continue
+            found = True
             x, w = node.args[0], node.args[1]
+            _check_weight(node, w, self.weight)
             channels = int(w.meta["val"].shape[0])
             spec = {w: QuantizationSpec(torch.int8, PT2EAPoTFakeQuantize.with_args(config=self.weight, channels=channels))}
             if self.activation is not None:
                 spec[x] = QuantizationSpec(torch.uint8, PT2EAPoTFakeQuantize.with_args(config=self.activation))
             node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=spec, _annotated=True)
+        if not found:
+            ops = sorted({str(n.target) for n in model.graph.nodes if n.op == "call_function"})
+            raise ValueError(
+                "APoTQuantizer found nothing to quantize: it handles aten.linear and aten.conv2d, "
+                f"the graph has {', '.join(ops) or 'no operators'}"
+            )
         return model
 
     def validate(self, model: torch.fx.GraphModule) -> None:
