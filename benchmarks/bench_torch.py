@@ -4,8 +4,9 @@ Run: ``python benchmarks/bench_torch.py [--size N] [--repeats R] [--threads T] [
 Prints the median time of forward and forward+backward (output and input
 gradient, via ``torch.autograd.grad``) of ``apot_torch.fake_quantize_function``
 for b=4 and b=8 (k=2), eager and under ``torch.compile``, beside torch's uniform
-fake quant on the same tensor (eager; its forward+backward with
-``requires_grad``), and the ratios APoT / uniform (< 1: APoT is faster).
+fake quant on the same tensor (eager, and compiled the same way; its
+forward+backward with ``requires_grad``), and the ratios APoT / eager uniform
+and APoT / uniform in the same mode (< 1: APoT is faster), all in one run.
 Every timing includes recomputing the rounding tables from the qparams, as in
 QAT, where the qparams change every step. The functions take turns within
 each repeat; on a shared machine ``--threads 1`` gives steadier numbers.
@@ -76,9 +77,10 @@ def main() -> None:
     dy = torch.ones_like(x)
     print(
         f"torch {torch.__version__} on {device.type} ({torch.get_num_threads()} threads), "
-        f"{args.size} float32 elements, median of {args.repeats}; ratio = APoT / uniform"
+        f"{args.size} float32 elements, median of {args.repeats}"
     )
-    print(f"{'':>4} {'':>14}  {'fwd':>9} {'ratio':>6}  {'fwd+bwd':>9} {'ratio':>6}")
+    print("ratio: APoT / eager uniform; vs comp.: / the same-mode uniform (compiled rows: compiled uniform)")
+    print(f"{'':>4} {'':>14}  {'fwd':>9} {'ratio':>6} {'vs c.':>6}  {'fwd+bwd':>9} {'ratio':>6} {'vs c.':>6}")
     for b in (4, 8):
         qp = at.calculate_qparams(torch.tensor(-3.0, device=device), torch.tensor(3.0, device=device), b, 2)
         qmax = 2 ** (b - 1) - 1
@@ -90,14 +92,20 @@ def main() -> None:
         def apot(v: torch.Tensor) -> torch.Tensor:
             return at.fake_quantize_function.apply(v, *qp)
 
-        compiled = torch.compile(apot)
-        rows = {"uniform": uniform, "apot eager": apot, "apot compiled": compiled}
+        rows = {
+            "uniform": uniform,
+            "uniform comp.": torch.compile(uniform),
+            "apot eager": apot,
+            "apot compiled": torch.compile(apot),
+        }
         fwd = median_ms({name: (lambda f=f: f(x)) for name, f in rows.items()}, args.repeats, device)
         fb = median_ms({name: forward_backward(f, x, dy) for name, f in rows.items()}, args.repeats, device)
         for name in rows:
+            # eager rows against eager uniform; compiled rows against both
+            base = "uniform comp." if name.endswith(("comp.", "compiled")) else "uniform"
             print(
-                f"b={b:<2} {name:>14}  {fwd[name]:>7.2f}ms {fwd[name] / fwd['uniform']:>6.2f}"
-                f"  {fb[name]:>7.2f}ms {fb[name] / fb['uniform']:>6.2f}"
+                f"b={b:<2} {name:>14}  {fwd[name]:>7.2f}ms {fwd[name] / fwd['uniform']:>6.2f} {fwd[name] / fwd[base]:>6.2f}"
+                f"  {fb[name]:>7.2f}ms {fb[name] / fb['uniform']:>6.2f} {fb[name] / fb[base]:>6.2f}"
             )
 
 
