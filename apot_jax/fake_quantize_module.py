@@ -46,7 +46,15 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.core import FrozenDict
 
-from apot_common.tables import level_table, sign_magnitude_table, validate_bits
+from apot_common.config import (
+    APoTConfig,
+    QuantizerConfig,
+    SignMagnitudeConfig,
+    UniformConfig,
+    check_config,
+    check_uniform_bits,
+)
+from apot_common.tables import LevelSet, level_table, sign_magnitude_table
 from apot_jax.fake_quantize_function import fake_quantize, ste_mask
 from apot_jax.observer import ObserverState, calculate_qparams, observe, observed_alpha
 from apot_jax.paper import check_learnable, learnable_fake_quantize, paper_weight_quant
@@ -145,7 +153,7 @@ def apot_quantizer(b: int, k: int, signed: bool = False) -> Quantizer:
     return quantize
 
 
-def sign_magnitude_quantizer(b: int, k: int) -> Quantizer:
+def sign_magnitude_quantizer(b: int, k: int, level_set: LevelSet = "apot") -> Quantizer:
     """The sign-magnitude fake quant ``(x, min_val, max_val) -> y`` of ``(b, k)``
     with an observed alpha.
 
@@ -154,15 +162,16 @@ def sign_magnitude_quantizer(b: int, k: int) -> Quantizer:
     max_val)`` instead of a learnt one. The forward equals
     ``paper.quant_dequant(x, sign_magnitude_qparams(alpha))``, the gradient is
     the clipped straight-through one, ``dy * (|x| <= alpha)``; alpha gets
-    none (it follows the statistics).
+    none (it follows the statistics). ``level_set`` picks the magnitudes
+    (``apot_common.tables.sign_magnitude_table``).
     """
-    sign_magnitude_table(b, k)  # ValueError now rather than at trace time
+    sign_magnitude_table(b, k, level_set)  # ValueError now rather than at trace time
 
     def quantize(x: jax.Array, min_val: jax.Array, max_val: jax.Array) -> jax.Array:
         # the learnable fake quant with a constant alpha: the same forward and
         # x-gradient; the alpha cotangent is dead code that jit removes
         alpha = jax.lax.stop_gradient(observed_alpha(min_val, max_val))
-        return learnable_fake_quantize(x, alpha, b=b, k=k)
+        return learnable_fake_quantize(x, alpha, b=b, k=k, level_set=level_set)
 
     return quantize
 
@@ -194,10 +203,6 @@ def _uniform_bwd(residuals, dy):
 _uniform_fake_quant.defvjp(_uniform_fwd, _uniform_bwd)
 
 
-#: Most bits of the uniform baseline: 2**16 levels, as the APoT tables' limit.
-UNIFORM_MAX_BITS = 16
-
-
 def uniform_quantizer(b: int, signed: bool = True) -> Quantizer:
     """Uniform symmetric fake quant ``(x, min_val, max_val) -> y`` with ``b`` bits.
 
@@ -215,11 +220,7 @@ def uniform_quantizer(b: int, signed: bool = True) -> Quantizer:
         tables' limit, and above 24 the integer levels are no longer exact
         in float32.
     """
-    validate_bits(b, 1)
-    if b > UNIFORM_MAX_BITS:
-        raise ValueError(f"a uniform quantizer takes at most {UNIFORM_MAX_BITS} bits, got b={b}")
-    if signed and b < 2:
-        raise ValueError(f"a signed uniform quantizer needs b >= 2, got b={b}")
+    check_uniform_bits(b, signed)
     qmax = float(2 ** (b - 1) - 1 if signed else 2**b - 1)
     qmin = -qmax if signed else 0.0
 
@@ -315,17 +316,20 @@ class SignMagnitudeFakeQuantize(_LinenFakeQuantBase):
 
     State and flag semantics as :class:`APoTFakeQuantize` (NaN output before
     any observation). For a learnt alpha use :class:`LearnableAPoTFakeQuantize`.
+    ``level_set``: ``"apot"`` (default), ``"paper"`` or ``"paper-pot"``
+    magnitudes.
     """
 
     b: int
     k: int
+    level_set: LevelSet = "apot"
 
     def __post_init__(self) -> None:
-        sign_magnitude_table(self.b, self.k)  # ValueError at construction
+        sign_magnitude_table(self.b, self.k, self.level_set)  # ValueError at construction
         super().__post_init__()
 
     def _quantizer(self) -> Quantizer:
-        return sign_magnitude_quantizer(self.b, self.k)
+        return sign_magnitude_quantizer(self.b, self.k, self.level_set)
 
 
 class UniformFakeQuantize(_LinenFakeQuantBase):
@@ -363,6 +367,8 @@ class LearnableAPoTFakeQuantize(nn.Module):
         ``normalize``); the paper starts weights at 3.0.
       scheme: ``"sign-magnitude"`` (weights) or ``"unsigned"`` (activations
         after a ReLU: negative inputs give 0).
+      level_set: ``"apot"`` (apot's tables), ``"paper"`` / ``"paper-pot"``
+        (the paper code's ``build_power_value`` sets).
 
     Params: ``alpha``, float32 ``()`` or ``(C,)``. ``__call__(x)``: ``x``
     floating, any shape (at least 2 elements per statistic when
@@ -376,9 +382,10 @@ class LearnableAPoTFakeQuantize(nn.Module):
     channel_axis: int | None = None
     alpha_init: float = 3.0
     scheme: str = "sign-magnitude"
+    level_set: LevelSet = "apot"
 
     def __post_init__(self) -> None:
-        check_learnable(self.b, self.k, self.scheme, self.normalize, self.channel_axis)  # ValueError now
+        check_learnable(self.b, self.k, self.scheme, self.normalize, self.channel_axis, self.level_set)  # ValueError now
         super().__post_init__()
 
     @nn.compact
@@ -393,9 +400,10 @@ def _learnable_quant(
 ) -> jax.Array:
     """The fake quant of a learnable module (linen or NNX) for its scheme."""
     if module.scheme == "unsigned":
-        return learnable_fake_quantize(x, alpha, b=module.b, k=module.k, scheme="unsigned")
+        return learnable_fake_quantize(x, alpha, b=module.b, k=module.k, scheme="unsigned", level_set=module.level_set)
     return paper_weight_quant(
-        x, alpha, b=module.b, k=module.k, normalize=module.normalize, channel_axis=module.channel_axis
+        x, alpha, b=module.b, k=module.k, normalize=module.normalize, channel_axis=module.channel_axis,
+        level_set=module.level_set,
     )
 
 
@@ -542,13 +550,13 @@ class NNXSignMagnitudeFakeQuantize(_NNXFakeQuantBase):
     """NNX twin of :class:`SignMagnitudeFakeQuantize` (same outputs and state
     bit for bit)."""
 
-    def __init__(self, b: int, k: int, *, use_running_average: bool = False) -> None:
-        sign_magnitude_table(b, k)  # ValueError at construction
-        self.b, self.k = int(b), int(k)
+    def __init__(self, b: int, k: int, *, level_set: LevelSet = "apot", use_running_average: bool = False) -> None:
+        sign_magnitude_table(b, k, level_set)  # ValueError at construction
+        self.b, self.k, self.level_set = int(b), int(k), level_set
         super().__init__(use_running_average=use_running_average)
 
     def _quantizer(self) -> Quantizer:
-        return sign_magnitude_quantizer(self.b, self.k)
+        return sign_magnitude_quantizer(self.b, self.k, self.level_set)
 
 
 class NNXUniformFakeQuantize(_NNXFakeQuantBase):
@@ -578,12 +586,13 @@ class NNXLearnableAPoTFakeQuantize(nnx.Module):
         channels: int | None = None,
         alpha_init: float = 3.0,
         scheme: str = "sign-magnitude",
+        level_set: LevelSet = "apot",
     ) -> None:
-        check_learnable(b, k, scheme, normalize, channel_axis)  # ValueError at construction
+        check_learnable(b, k, scheme, normalize, channel_axis, level_set)  # ValueError at construction
         if (channel_axis is None) != (channels is None):
             raise ValueError("give channels exactly when channel_axis is given")
         self.b, self.k, self.normalize, self.channel_axis = int(b), int(k), bool(normalize), channel_axis
-        self.scheme = scheme
+        self.scheme, self.level_set = scheme, level_set
         shape = () if channels is None else (int(channels),)
         self.alpha = nnx.Param(jnp.full(shape, alpha_init, jnp.float32))
 
@@ -603,6 +612,77 @@ class NNXLearnableAPoTFakeQuantize(nnx.Module):
         return _learnable_quant(self, x, alpha)
 
 
+# --------------------------------------------------------------------------
+# typed configs -> modules
+
+
+def linen_from_config(config: QuantizerConfig, *, name: str | None = None,
+                      channel_axis: int | None = -1) -> nn.Module:
+    """The linen fake quant a typed config (``apot_common.config``) describes.
+
+    Args:
+      config: :class:`~apot_common.config.APoTConfig` ->
+        :class:`APoTFakeQuantize`; ``SignMagnitudeConfig`` ->
+        :class:`SignMagnitudeFakeQuantize`; ``UniformConfig`` ->
+        :class:`UniformFakeQuantize`; ``LearnableAPoTConfig`` ->
+        :class:`LearnableAPoTFakeQuantize`.
+      name: the submodule name (its state lives under it).
+      channel_axis: ``LearnableAPoTConfig(per_channel=True)`` only: the input
+        axis with one alpha per entry (``-1``: a Dense/Conv kernel's outputs).
+
+    Raises:
+      TypeError: ``config`` is not a quantizer config.
+
+    >>> from apot_common.config import APoTConfig
+    >>> linen_from_config(APoTConfig(b=4, k=2), name="q")
+    APoTFakeQuantize(
+        # attributes
+        b = 4
+        k = 2
+        signed = False
+    )
+    """
+    check_config(config)
+    if isinstance(config, APoTConfig):
+        return APoTFakeQuantize(config.b, config.k, config.signed, name=name)
+    if isinstance(config, SignMagnitudeConfig):
+        return SignMagnitudeFakeQuantize(config.b, config.magnitude_k, config.level_set, name=name)
+    if isinstance(config, UniformConfig):
+        return UniformFakeQuantize(config.b, config.signed, name=name)
+    return LearnableAPoTFakeQuantize(
+        config.b, config.magnitude_k, normalize=config.normalize,
+        channel_axis=channel_axis if config.per_channel else None, alpha_init=config.alpha_init,
+        scheme=config.scheme, level_set=config.level_set, name=name,
+    )
+
+
+def nnx_from_config(config: QuantizerConfig, *, channels: int | None = None,
+                    channel_axis: int | None = -1) -> nnx.Module:
+    """The NNX twin of :func:`linen_from_config` (same outputs and state bit
+    for bit); ``channels`` (the size of ``channel_axis``) is needed for a
+    per-channel ``LearnableAPoTConfig``.
+
+    Raises:
+      TypeError: ``config`` is not a quantizer config.
+      ValueError: a per-channel config without ``channels``.
+    """
+    check_config(config)
+    if isinstance(config, APoTConfig):
+        return NNXAPoTFakeQuantize(config.b, config.k, config.signed)
+    if isinstance(config, SignMagnitudeConfig):
+        return NNXSignMagnitudeFakeQuantize(config.b, config.magnitude_k, level_set=config.level_set)
+    if isinstance(config, UniformConfig):
+        return NNXUniformFakeQuantize(config.b, config.signed)
+    if config.per_channel and channels is None:
+        raise ValueError("a per-channel LearnableAPoTConfig needs channels (the size of channel_axis)")
+    return NNXLearnableAPoTFakeQuantize(
+        config.b, config.magnitude_k, normalize=config.normalize,
+        channel_axis=channel_axis if config.per_channel else None,
+        channels=channels if config.per_channel else None, alpha_init=config.alpha_init,
+        scheme=config.scheme, level_set=config.level_set,
+    )
+
+
 __all__ = [
     "QUANT_STATS",
     "APoTFakeQuantize",
@@ -616,6 +696,8 @@ __all__ = [
     "UniformFakeQuantize",
     "apot_quantizer",
     "fake_quant_step",
+    "linen_from_config",
+    "nnx_from_config",
     "register_quant_stats",
     "set_flags",
     "sign_magnitude_quantizer",

@@ -31,7 +31,7 @@ layers hold the same submodules under the same attribute names.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Callable
+from typing import Callable, Union
 
 import flax.linen as nn
 import jax
@@ -39,131 +39,119 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-from apot_common.tables import default_magnitude_k, level_table, sign_magnitude_table
-from apot_jax.fake_quantize_module import (
-    APoTFakeQuantize,
-    LearnableAPoTFakeQuantize,
-    NNXAPoTFakeQuantize,
-    NNXLearnableAPoTFakeQuantize,
-    NNXSignMagnitudeFakeQuantize,
-    NNXUniformFakeQuantize,
-    SignMagnitudeFakeQuantize,
-    UniformFakeQuantize,
-)
+from apot_common.config import CONFIG_TYPES, LearnableAPoTConfig, QuantizerConfig, from_scheme
+from apot_common.tables import LevelSet
+from apot_jax.fake_quantize_module import linen_from_config, nnx_from_config
 
 _SCHEMES = ("apot", "uniform", None)
-#: Weight-only scheme: the paper's recipe (``apot_jax.paper``).
+#: The paper's recipe (``apot_jax.paper``): learnable alpha.
 PAPER = "apot-paper"
 #: Weight-only scheme: sign-magnitude levels with the observed alpha.
 SIGN_MAGNITUDE = "sign-magnitude"
 _WEIGHT_ONLY = (SIGN_MAGNITUDE,)
 
 Initializer = Callable[..., jax.Array]
+Quant = Union[str, QuantizerConfig, None]
 
 
-def _check_scheme(name: str, value: str | None) -> None:
+def _check_scheme(name: str, value: object) -> None:
     allowed = _SCHEMES + (PAPER,) + (_WEIGHT_ONLY if name == "weight_quant" else ())
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        raise ValueError(f"{name} must be a quantizer config or one of {', '.join(map(repr, allowed))}, "
+                         f"got {value!r}")
 
 
-def _check_layer(weight_quant: str | None, input_quant: str | None, b: int, k: int, weight_k: int | None) -> None:
-    """``ValueError`` now (at construction) for a bad scheme or bit width."""
+def weight_config(
+    weight_quant: Quant,
+    *,
+    b: int = 4,
+    k: int = 2,
+    signed_weights: bool = False,
+    weight_k: int | None = None,
+    weight_norm: bool = True,
+    per_channel: bool = False,
+    alpha_init: float = 3.0,
+    level_set: LevelSet = "apot",
+) -> QuantizerConfig | None:
+    """The typed config of a layer's kernel quantizer (``None``: float).
+
+    A config passes through unchanged; a scheme string is mapped with the
+    layer's other fields: ``"apot"`` -> ``APoTConfig(b, k, signed_weights)``,
+    ``"uniform"`` -> ``UniformConfig(b, signed_weights)``,
+    ``"sign-magnitude"`` -> ``SignMagnitudeConfig(b, weight_k, level_set)``,
+    ``"apot-paper"`` -> ``LearnableAPoTConfig(b, weight_k, signed=True,
+    alpha_init, normalize=weight_norm, per_channel, level_set)``.
+
+    Raises:
+      ValueError: an unknown scheme or what the config refuses.
+    """
+    if weight_quant is None or isinstance(weight_quant, CONFIG_TYPES):
+        return weight_quant
     _check_scheme("weight_quant", weight_quant)
+    if weight_quant == PAPER:
+        return LearnableAPoTConfig(b=b, k=weight_k, signed=True, alpha_init=alpha_init, normalize=weight_norm,
+                                   per_channel=per_channel, level_set=level_set)
+    return from_scheme(weight_quant, b=b, k=weight_k if weight_quant == SIGN_MAGNITUDE else k,
+                       signed=signed_weights, level_set=level_set)
+
+
+def input_config(
+    input_quant: Quant,
+    *,
+    b: int = 4,
+    k: int = 2,
+    signed_inputs: bool = False,
+    input_alpha_init: float = 8.0,
+    level_set: LevelSet = "apot",
+) -> QuantizerConfig | None:
+    """The typed config of a layer's input quantizer (``None``: float):
+    ``"apot"`` / ``"uniform"`` as for :func:`weight_config` with
+    ``signed_inputs``; ``"apot-paper"`` -> ``LearnableAPoTConfig(b, k,
+    signed=False, normalize=False, alpha_init=input_alpha_init, level_set)``.
+
+    Raises:
+      ValueError: an unknown scheme or what the config refuses.
+    """
+    if input_quant is None or isinstance(input_quant, CONFIG_TYPES):
+        return input_quant
     _check_scheme("input_quant", input_quant)
-    if weight_quant in (SIGN_MAGNITUDE, PAPER):
-        _magnitude_k(b, weight_k)
-    if input_quant == PAPER:
-        level_table(b, k, False)
+    return from_scheme(input_quant, b=b, k=k, signed=signed_inputs, alpha_init=input_alpha_init,
+                       level_set=level_set)
 
 
-def _magnitude_k(b: int, weight_k: int | None) -> int:
-    """The magnitude base width of sign-magnitude weights (``weight_k``, or 2
-    where it divides ``b - 1``, else 1); raises ``ValueError`` for a bad pair."""
-    k = weight_k if weight_k is not None else default_magnitude_k(b)
-    sign_magnitude_table(b, k)
-    return k
-
-
-def _linen_quantizer(scheme: str | None, b: int, k: int, signed: bool, name: str) -> nn.Module | None:
-    """The fake quant of a prototype-compatible scheme (observer-based)."""
-    if scheme == "apot":
-        return APoTFakeQuantize(b, k, signed, name=name)
-    if scheme == "uniform":
-        return UniformFakeQuantize(b, signed, name=name)
-    return None
-
-
-def _linen_weight_quantizer(layer: "APoTDense | APoTConv") -> nn.Module | None:
-    """The kernel's fake quant of a linen layer (the paper scheme included)."""
-    if layer.weight_quant == SIGN_MAGNITUDE:
-        return SignMagnitudeFakeQuantize(layer.b, _magnitude_k(layer.b, layer.weight_k), name="weight_quant")
-    if layer.weight_quant == PAPER:
-        return LearnableAPoTFakeQuantize(
-            layer.b,
-            _magnitude_k(layer.b, layer.weight_k),
-            normalize=layer.weight_norm,
-            channel_axis=-1 if layer.per_channel else None,  # kernels end with the output axis
-            alpha_init=layer.alpha_init,
-            name="weight_quant",
-        )
-    return _linen_quantizer(layer.weight_quant, layer.b, layer.k, layer.signed_weights, "weight_quant")
+def _layer_configs(layer) -> tuple[QuantizerConfig | None, QuantizerConfig | None]:
+    """``(weight, input)`` configs of a linen layer's fields."""
+    return (
+        weight_config(layer.weight_quant, b=layer.b, k=layer.k, signed_weights=layer.signed_weights,
+                      weight_k=layer.weight_k, weight_norm=layer.weight_norm, per_channel=layer.per_channel,
+                      alpha_init=layer.alpha_init, level_set=layer.level_set),
+        input_config(layer.input_quant, b=layer.b, k=layer.k, signed_inputs=layer.signed_inputs,
+                     input_alpha_init=layer.input_alpha_init, level_set=layer.level_set),
+    )
 
 
 def _linen_quantized_operands(layer: "APoTDense | APoTConv", x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(x, kernel)`` through the layer's fake quants (submodules
-    ``input_quant`` / ``weight_quant`` of ``layer``, from its compact call)."""
-    if layer.input_quant == PAPER:
-        xq = LearnableAPoTFakeQuantize(
-            layer.b, layer.k, normalize=False, alpha_init=layer.input_alpha_init, scheme="unsigned", name="input_quant"
-        )
-    else:
-        xq = _linen_quantizer(layer.input_quant, layer.b, layer.k, layer.signed_inputs, "input_quant")
-    wq = _linen_weight_quantizer(layer)
-    return (x if xq is None else xq(x)), (kernel if wq is None else wq(kernel))
+    ``input_quant`` / ``weight_quant`` of ``layer``, from its compact call).
+    Kernels end with the output axis, so a per-channel alpha is on axis -1."""
+    w_cfg, x_cfg = _layer_configs(layer)
+    if x_cfg is not None:
+        x = linen_from_config(x_cfg, name="input_quant")(x)
+    if w_cfg is not None:
+        kernel = linen_from_config(w_cfg, name="weight_quant", channel_axis=-1)(kernel)
+    return x, kernel
 
 
-def _nnx_weight_quantizer(
-    scheme: str | None,
-    b: int,
-    k: int,
-    signed: bool,
-    features: int,
-    weight_k: int | None,
-    weight_norm: bool,
-    per_channel: bool,
-    alpha_init: float,
-) -> nnx.Module | None:
-    """The kernel's fake quant of an NNX layer (the weight-only schemes included)."""
-    if scheme == SIGN_MAGNITUDE:
-        return NNXSignMagnitudeFakeQuantize(b, _magnitude_k(b, weight_k))
-    if scheme == PAPER:
-        return NNXLearnableAPoTFakeQuantize(
-            b,
-            _magnitude_k(b, weight_k),
-            normalize=weight_norm,
-            channel_axis=-1 if per_channel else None,
-            channels=features if per_channel else None,
-            alpha_init=alpha_init,
-        )
-    return _nnx_quantizer(scheme, b, k, signed)
-
-
-def _nnx_input_quantizer(
-    scheme: str | None, b: int, k: int, signed: bool, input_alpha_init: float
-) -> nnx.Module | None:
-    """The input's fake quant of an NNX layer (the paper scheme included)."""
-    if scheme == PAPER:
-        return NNXLearnableAPoTFakeQuantize(b, k, normalize=False, alpha_init=input_alpha_init, scheme="unsigned")
-    return _nnx_quantizer(scheme, b, k, signed)
-
-
-def _nnx_quantizer(scheme: str | None, b: int, k: int, signed: bool) -> nnx.Module | None:
-    if scheme == "apot":
-        return NNXAPoTFakeQuantize(b, k, signed)
-    if scheme == "uniform":
-        return NNXUniformFakeQuantize(b, signed)
-    return None
+def _nnx_quantizers(kw: dict, out_features: int) -> tuple[nnx.Module | None, nnx.Module | None]:
+    """``(weight_quant, input_quant)`` submodules of an NNX layer."""
+    w_cfg = weight_config(kw["weight_quant"], b=kw["b"], k=kw["k"], signed_weights=kw["signed_weights"],
+                          weight_k=kw["weight_k"], weight_norm=kw["weight_norm"], per_channel=kw["per_channel"],
+                          alpha_init=kw["alpha_init"], level_set=kw["level_set"])
+    x_cfg = input_config(kw["input_quant"], b=kw["b"], k=kw["k"], signed_inputs=kw["signed_inputs"],
+                         input_alpha_init=kw["input_alpha_init"], level_set=kw["level_set"])
+    wq = None if w_cfg is None else nnx_from_config(w_cfg, channels=out_features, channel_axis=-1)
+    xq = None if x_cfg is None else nnx_from_config(x_cfg)
+    return wq, xq
 
 
 def _nnx_quantized_operands(layer: "NNXAPoTDense | NNXAPoTConv", x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -210,8 +198,12 @@ class APoTDense(nn.Module):
       features: output width.
       b, k: bits and base bit-width of the fake quants (``k`` unused by
         ``"uniform"``).
-      weight_quant, input_quant: ``"apot"``, ``"uniform"``, ``"apot-paper"``
-        or ``None``; for ``weight_quant`` also ``"sign-magnitude"``.
+      weight_quant, input_quant: a typed quantizer config
+        (``apot_common.config``: ``APoTConfig``, ``SignMagnitudeConfig``,
+        ``LearnableAPoTConfig``, ``UniformConfig``), or a scheme string
+        mapped with the fields below (:func:`weight_config`,
+        :func:`input_config`): ``"apot"``, ``"uniform"``, ``"apot-paper"`` or
+        ``None``; for ``weight_quant`` also ``"sign-magnitude"``.
       signed_weights: signed weight table (the prototype-compatible signed
         APoT table; the unsigned default maps every negative weight to 0).
       signed_inputs: signed input table (default unsigned: inputs after a
@@ -223,6 +215,9 @@ class APoTDense(nn.Module):
         normalize the kernel first, one alpha per output feature, initial alpha.
       input_alpha_init: ``input_quant="apot-paper"`` only: the initial alpha
         of the input's learnt clipping value.
+      level_set: ``"sign-magnitude"`` / ``"apot-paper"`` strings only: the
+        level sets, ``"apot"`` (apot's tables) or ``"paper"`` /
+        ``"paper-pot"`` (the paper code's ``build_power_value``).
 
     ``__call__(x)``: ``x`` of shape ``(..., in_features)``, float32; returns
     ``(..., features)`` float32. Params: ``kernel (in_features, features)``,
@@ -232,8 +227,8 @@ class APoTDense(nn.Module):
     features: int
     b: int = 4
     k: int = 2
-    weight_quant: str | None = "apot"
-    input_quant: str | None = "apot"
+    weight_quant: Quant = "apot"
+    input_quant: Quant = "apot"
     signed_weights: bool = False
     signed_inputs: bool = False
     use_bias: bool = True
@@ -244,9 +239,10 @@ class APoTDense(nn.Module):
     per_channel: bool = False
     alpha_init: float = 3.0
     input_alpha_init: float = 8.0
+    level_set: LevelSet = "apot"
 
     def __post_init__(self) -> None:
-        _check_layer(self.weight_quant, self.input_quant, self.b, self.k, self.weight_k)
+        _layer_configs(self)  # ValueError at construction
         super().__post_init__()
 
     @nn.compact
@@ -272,8 +268,8 @@ class APoTConv(nn.Module):
     padding: str | Sequence[tuple[int, int]] = "SAME"
     b: int = 4
     k: int = 2
-    weight_quant: str | None = "apot"
-    input_quant: str | None = "apot"
+    weight_quant: Quant = "apot"
+    input_quant: Quant = "apot"
     signed_weights: bool = False
     signed_inputs: bool = False
     use_bias: bool = True
@@ -284,9 +280,10 @@ class APoTConv(nn.Module):
     per_channel: bool = False
     alpha_init: float = 3.0
     input_alpha_init: float = 8.0
+    level_set: LevelSet = "apot"
 
     def __post_init__(self) -> None:
-        _check_layer(self.weight_quant, self.input_quant, self.b, self.k, self.weight_k)
+        _layer_configs(self)  # ValueError at construction
         super().__post_init__()
 
     @nn.compact
@@ -319,8 +316,8 @@ class NNXAPoTDense(nnx.Module):
         *,
         b: int = 4,
         k: int = 2,
-        weight_quant: str | None = "apot",
-        input_quant: str | None = "apot",
+        weight_quant: Quant = "apot",
+        input_quant: Quant = "apot",
         signed_weights: bool = False,
         signed_inputs: bool = False,
         use_bias: bool = True,
@@ -331,16 +328,19 @@ class NNXAPoTDense(nnx.Module):
         per_channel: bool = False,
         alpha_init: float = 3.0,
         input_alpha_init: float = 8.0,
+        level_set: LevelSet = "apot",
         rngs: nnx.Rngs,
     ) -> None:
-        _check_layer(weight_quant, input_quant, b, k, weight_k)
+        quant = dict(weight_quant=weight_quant, input_quant=input_quant, b=b, k=k, signed_weights=signed_weights,
+                     signed_inputs=signed_inputs, weight_k=weight_k, weight_norm=weight_norm,
+                     per_channel=per_channel, alpha_init=alpha_init, input_alpha_init=input_alpha_init,
+                     level_set=level_set)
+        weight_q, input_q = _nnx_quantizers(quant, out_features)  # ValueError before any parameter is made
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), jnp.float32))
         self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32)) if use_bias else None
-        self.input_quant = _nnx_input_quantizer(input_quant, b, k, signed_inputs, input_alpha_init)
-        self.weight_quant = _nnx_weight_quantizer(
-            weight_quant, b, k, signed_weights, out_features, weight_k, weight_norm, per_channel, alpha_init
-        )
+        self.input_quant = input_q
+        self.weight_quant = weight_q
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x (..., in_features)`` float32 -> ``(..., out_features)``."""
@@ -363,8 +363,8 @@ class NNXAPoTConv(nnx.Module):
         padding: str | Sequence[tuple[int, int]] = "SAME",
         b: int = 4,
         k: int = 2,
-        weight_quant: str | None = "apot",
-        input_quant: str | None = "apot",
+        weight_quant: Quant = "apot",
+        input_quant: Quant = "apot",
         signed_weights: bool = False,
         signed_inputs: bool = False,
         use_bias: bool = True,
@@ -375,9 +375,14 @@ class NNXAPoTConv(nnx.Module):
         per_channel: bool = False,
         alpha_init: float = 3.0,
         input_alpha_init: float = 8.0,
+        level_set: LevelSet = "apot",
         rngs: nnx.Rngs,
     ) -> None:
-        _check_layer(weight_quant, input_quant, b, k, weight_k)
+        quant = dict(weight_quant=weight_quant, input_quant=input_quant, b=b, k=k, signed_weights=signed_weights,
+                     signed_inputs=signed_inputs, weight_k=weight_k, weight_norm=weight_norm,
+                     per_channel=per_channel, alpha_init=alpha_init, input_alpha_init=input_alpha_init,
+                     level_set=level_set)
+        weight_q, input_q = _nnx_quantizers(quant, out_features)  # ValueError before any parameter is made
         window = tuple(int(s) for s in kernel_size)
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.kernel_size = window
@@ -385,10 +390,8 @@ class NNXAPoTConv(nnx.Module):
         self.padding = padding
         self.kernel = nnx.Param(kernel_init(rngs.params(), window + (in_features, out_features), jnp.float32))
         self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32)) if use_bias else None
-        self.input_quant = _nnx_input_quantizer(input_quant, b, k, signed_inputs, input_alpha_init)
-        self.weight_quant = _nnx_weight_quantizer(
-            weight_quant, b, k, signed_weights, out_features, weight_k, weight_norm, per_channel, alpha_init
-        )
+        self.input_quant = input_q
+        self.weight_quant = weight_q
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x (N, *spatial, in_features)`` float32 -> ``(N, *spatial_out, out_features)``."""
@@ -396,4 +399,5 @@ class NNXAPoTConv(nnx.Module):
         return _conv(x, kernel, None if self.bias is None else self.bias[...], self.strides, self.padding)
 
 
-__all__ = ["PAPER", "SIGN_MAGNITUDE", "APoTConv", "APoTDense", "NNXAPoTConv", "NNXAPoTDense"]
+__all__ = ["PAPER", "SIGN_MAGNITUDE", "APoTConv", "APoTDense", "NNXAPoTConv", "NNXAPoTDense", "input_config",
+           "weight_config"]
