@@ -2,7 +2,9 @@
 qparams, codes and fake quant, the learnable-alpha gradients (per element and
 summed; weights and activations), weight normalization, per-channel alpha,
 the fitted starting alpha, the Flax / torch fake-quant modules and the
-export, ``apot_jax`` against ``apot_torch`` through their public APIs, every
+export, with the APoT ``(b, k)`` tables and with the paper's own level sets
+(``level_set="paper"`` / ``"paper-pot"``), ``apot_jax`` against
+``apot_torch`` through their public APIs, every
 pair of JAX and torch backends. Everything is bitwise: the sums (alpha's
 gradient, the normalization statistics, the fit's errors) have a fixed
 pairwise order in both frameworks."""
@@ -254,3 +256,163 @@ def test_conv_export(jax_backend, torch_backend, per_channel, parity):
     parity.assert_ok()
     # the convolutions themselves sum in each backend's order: a tolerance
     np.testing.assert_allclose(jy, ty, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# the paper's own level sets (level_set="paper" / "paper-pot", docs/numerics.md 9.8)
+
+PAPER_WEIGHT_SETS = [(2, "paper"), (3, "paper"), (4, "paper"), (6, "paper"), (7, "paper"), (4, "paper-pot")]
+PAPER_ACTIVATION_SETS = [(2, "paper"), (3, "paper"), (4, "paper"), (5, "paper"), (6, "paper"), (3, "paper-pot")]
+
+
+def _set_id(v):
+    return str(v)
+
+
+@pytest.mark.parametrize("b, level_set", PAPER_WEIGHT_SETS, ids=_set_id)
+def test_paper_level_set_weights(jax_backend, torch_backend, b, level_set, parity):
+    """Sign + ``build_power_value(b - 1)`` weights (ternary at b = 2): qparams,
+    codes, dequantize, fake quant, x and alpha gradients, per tensor and per
+    channel with normalization."""
+    tb = torch_backend
+    for alpha in (0.37, 1.0, 2.5e-3):
+        x = _inputs(40 + b, (257,), alpha)
+        x[7:10] = [np.nan, np.inf, -np.inf]
+        dy = np.random.default_rng(b + 41).normal(size=x.shape).astype(np.float32)
+
+        @jax.jit
+        def run(x, a, dy):
+            qp = jpaper.sign_magnitude_qparams(a, b=b, k=1, level_set=level_set)
+            f = lambda v, s: jpaper.learnable_fake_quantize(v, s, b=b, k=1, level_set=level_set)  # noqa: E731
+            y, vjp = jax.vjp(f, x, a)
+            dx, da = vjp(dy)
+            codes = jpaper.quantize(x, qp)
+            elements = jpaper.alpha_grad_elements(x, a, y)
+            return qp.gamma, qp.quantization_levels, codes, jpaper.dequantize(codes, qp), y, dx, da, elements
+
+        with jax.default_device(jax_backend.device):
+            jg, jl, jc, jdq, jy, jdx, jda, jel = run(
+                jax.device_put(x, jax_backend.device), jnp.float32(alpha), jax.device_put(dy, jax_backend.device)
+            )
+        xt = tb.to_torch(x).requires_grad_(True)
+        at = torch.tensor(alpha, dtype=torch.float32, device=tb.device, requires_grad=True)
+        tq = tpaper.sign_magnitude_qparams(at.detach(), b=b, k=1, level_set=level_set)
+        yt = tpaper.learnable_fake_quantize(xt, at, b=b, k=1, level_set=level_set)
+        yt.backward(tb.to_torch(dy))
+        tc = tpaper.quantize(xt.detach(), tq)
+        tel = tpaper.alpha_grad_elements(xt.detach(), at.detach(), yt.detach())
+        comps = [
+            compare("gamma", np.asarray(jg), tb.to_numpy(tq.gamma)),
+            compare("levels", np.asarray(jl), tb.to_numpy(tq.quantization_levels)),
+            compare("codes", np.asarray(jc), tb.to_numpy(tc)),
+            compare("dequantize", np.asarray(jdq), tb.to_numpy(tpaper.dequantize(tc, tq))),
+            compare("fake_quant", np.asarray(jy), tb.to_numpy(yt)),
+            compare("grad_x", np.asarray(jdx), tb.to_numpy(xt.grad)),
+            compare("alpha_grad_elements", np.asarray(jel), tb.to_numpy(tel)),
+            compare("grad_alpha", np.asarray(jda), tb.to_numpy(at.grad)),
+        ]
+        parity.record(f"{jax_backend.name}~{tb.name}", f"{level_set} weights b={b} alpha={alpha}", comps)
+    # per channel, normalized (JAX kernel (in, out) along -1, torch (out, in) along 0)
+    rng = np.random.default_rng(50 + b)
+    kernel = (rng.normal(size=(37, 6)) * 0.2).astype(np.float32)
+    alphas = rng.uniform(0.3, 2.0, 6).astype(np.float32)
+    dy = rng.normal(size=kernel.shape).astype(np.float32)
+
+    @jax.jit
+    def run_channels(w, a, dy):
+        f = lambda v, s: jpaper.paper_weight_quant(v, s, b=b, k=1, channel_axis=-1, level_set=level_set)  # noqa: E731
+        y, vjp = jax.vjp(f, w, a)
+        return (y,) + vjp(dy)
+
+    with jax.default_device(jax_backend.device):
+        jy, jdw, jda = run_channels(*(jax.device_put(v, jax_backend.device) for v in (kernel, alphas, dy)))
+    wt = tb.to_torch(kernel.T.copy()).requires_grad_(True)
+    at = tb.to_torch(alphas).requires_grad_(True)
+    yt = tpaper.paper_weight_quant(wt, at, b=b, k=1, channel_axis=0, level_set=level_set)
+    yt.backward(tb.to_torch(dy.T.copy()))
+    comps = [
+        compare("fake_quant", np.asarray(jy), tb.to_numpy(yt).T),
+        compare("grad_w", np.asarray(jdw), tb.to_numpy(wt.grad).T),
+        compare("grad_alpha", np.asarray(jda), tb.to_numpy(at.grad)),
+    ]
+    parity.record(f"{jax_backend.name}~{tb.name}", f"{level_set} weights b={b} per-channel normalized", comps)
+
+
+@pytest.mark.parametrize("b, level_set", PAPER_ACTIVATION_SETS, ids=_set_id)
+def test_paper_level_set_activations(jax_backend, torch_backend, b, level_set, parity):
+    """Unsigned ``build_power_value(b)`` activations with a learnt alpha, in
+    float32 and bfloat16, and the fitted starting alpha."""
+    tb = torch_backend
+    for alpha, dtype in ((0.37, "float32"), (2.5, "float32"), (1.0, "bfloat16")):
+        x = _inputs(60 + b, (301,), alpha)
+        x[7:10] = [np.nan, np.inf, -np.inf]
+        dy = np.random.default_rng(b + 61).normal(size=x.shape).astype(np.float32)
+
+        @jax.jit
+        def run(x, a, dy):
+            f = lambda v, s: jpaper.learnable_fake_quantize(  # noqa: E731
+                v, s, b=b, k=1, scheme="unsigned", level_set=level_set
+            )
+            y, vjp = jax.vjp(f, x, a)
+            dx, da = vjp(dy.astype(x.dtype))
+            elements = jpaper.alpha_grad_elements(x.astype(jnp.float32), a, y.astype(jnp.float32), "unsigned")
+            return jpaper.unsigned_qparams(a, b=b, k=1, level_set=level_set).quantization_levels, y, dx, da, elements
+
+        x_in = x.astype(jnp.bfloat16) if dtype == "bfloat16" else x
+        with jax.default_device(jax_backend.device):
+            jl, jy, jdx, jda, jel = run(
+                jax.device_put(x_in, jax_backend.device), jnp.float32(alpha), jax.device_put(dy, jax_backend.device)
+            )
+        xt = tb.to_torch(np.asarray(x_in, np.float32))
+        xt = (xt.to(torch.bfloat16) if dtype == "bfloat16" else xt).requires_grad_(True)
+        at = torch.tensor(alpha, dtype=torch.float32, device=tb.device, requires_grad=True)
+        yt = tpaper.learnable_fake_quantize(xt, at, b=b, k=1, scheme="unsigned", level_set=level_set)
+        yt.backward(tb.to_torch(dy).to(yt.dtype))
+        tel = tpaper.alpha_grad_elements(xt.detach().float(), at.detach(), yt.detach().float(), "unsigned")
+        tl = tpaper.unsigned_qparams(at, b=b, k=1, level_set=level_set)[2]
+        comps = [
+            compare("levels", np.asarray(jl), tb.to_numpy(tl)),
+            compare("fake_quant", np.asarray(jy, np.float32), tb.to_numpy(yt.float())),
+            compare("grad_x", np.asarray(jdx, np.float32), tb.to_numpy(xt.grad.float())),
+            compare("alpha_grad_elements", np.asarray(jel), tb.to_numpy(tel)),
+            compare("grad_alpha", np.asarray(jda), tb.to_numpy(at.grad)),
+        ]
+        parity.record(f"{jax_backend.name}~{tb.name}", f"{level_set} activations b={b} alpha={alpha} {dtype}", comps)
+    data = np.maximum(np.random.default_rng(70 + b).standard_t(3, size=(48, 40)), 0).astype(np.float32)
+    with jax.default_device(jax_backend.device):
+        ja = jpaper.fit_alpha(jax.device_put(data, jax_backend.device), b=b, k=1, level_set=level_set)
+    ta = tpaper.fit_alpha(tb.to_torch(data), b=b, k=1, level_set=level_set)
+    parity.record(f"{jax_backend.name}~{tb.name}", f"{level_set} fit_alpha b={b}", [compare("fit_alpha", np.asarray(ja), tb.to_numpy(ta))])
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_paper_level_set_export(jax_backend, torch_backend, per_channel, parity):
+    """Export with the paper's 4-bit weights (sign + build_power_value(3)):
+    codes, gamma and the dequantized kernel, bitwise; the integer
+    shift-and-add path refuses (no exact integer form)."""
+    tb = torch_backend
+    rng = np.random.default_rng(13)
+    kernel = (rng.normal(size=(24, 5)) * 0.1).astype(np.float32)
+    alpha = rng.uniform(0.8, 2.0, 5 if per_channel else ()).astype(np.float32)
+    with jax.default_device(jax_backend.device):
+        ej = jexport.export_kernel(
+            jax.device_put(kernel, jax_backend.device), jnp.asarray(alpha), b=4, k=1, per_channel=per_channel,
+            level_set="paper",
+        )  # fmt: skip
+        jk = np.asarray(jexport.dequantize_kernel(ej))
+        fq = np.asarray(jpaper.paper_weight_quant(
+            jax.device_put(kernel, jax_backend.device), jnp.asarray(alpha), b=4, k=1,
+            channel_axis=-1 if per_channel else None, level_set="paper",
+        ))  # fmt: skip
+    et = texport.export_weight(
+        tb.to_torch(kernel.T.copy()), tb.to_torch(alpha), b=4, k=1, per_channel=per_channel, level_set="paper"
+    )
+    comps = [
+        compare("codes", ej.codes, tb.to_numpy(et.codes).T),
+        compare("export_gamma", ej.gamma, tb.to_numpy(et.gamma)),
+        compare("dequantized_kernel", jk, tb.to_numpy(texport.dequantize_weight(et)).T),
+        compare("dequantized_is_fake_quant", jk, fq),
+    ]
+    parity.record(f"{jax_backend.name}~{tb.name}", f"paper export b=4 per_channel={per_channel}", comps)
+    with pytest.raises(ValueError, match="shift-and-add"):
+        texport.shift_add_matmul(torch.ones((2, 24), dtype=torch.int32, device=tb.device), et)
