@@ -17,10 +17,15 @@ from apot_jax.paper import (
     paper_weight_quant,
     sign_magnitude_qparams,
 )
+from apot_common.config import APoTConfig, LearnableAPoTConfig, SignMagnitudeConfig, UniformConfig
 from apot_jax.quantizer import NAN_CODE, dequantize, quant_dequant, quantize
 
 __all__ = [
+    "APoTConfig",
     "APoTQParams",
+    "LearnableAPoTConfig",
+    "SignMagnitudeConfig",
+    "UniformConfig",
     "NAN_CODE",
     "ObserverState",
     "SignMagnitudeQParams",
@@ -59,6 +64,8 @@ _LAZY_EXPORTS = {
     "NNXSignMagnitudeFakeQuantize": "apot_jax.fake_quantize_module",
     "QuantStat": "apot_jax.fake_quantize_module",
     "set_flags": "apot_jax.fake_quantize_module",
+    "linen_from_config": "apot_jax.fake_quantize_module",
+    "nnx_from_config": "apot_jax.fake_quantize_module",
     "APoTDense": "apot_jax.layers",
     "APoTConv": "apot_jax.layers",
     "NNXAPoTDense": "apot_jax.layers",

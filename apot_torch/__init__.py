@@ -8,7 +8,13 @@ from apot_torch.export import (
     linear_from_codes,
     shift_add_matmul,
 )
-from apot_torch.fake_quantize_module import APoTFakeQuantize, LearnableAPoTFakeQuantize, SignMagnitudeFakeQuantize
+from apot_common.config import APoTConfig, LearnableAPoTConfig, SignMagnitudeConfig, UniformConfig
+from apot_torch.fake_quantize_module import (
+    APoTFakeQuantize,
+    LearnableAPoTFakeQuantize,
+    SignMagnitudeFakeQuantize,
+    from_config,
+)
 from apot_torch.fake_quantize_function import fake_quantize_function, ste_mask
 from apot_torch.linear import LinearAPoT
 from apot_torch.observer import APoTObserver, calculate_qparams, observe, observed_alpha
@@ -32,15 +38,19 @@ from apot_torch.quantizer import (
 
 __all__ = [
     "NAN_CODE",
+    "APoTConfig",
     "APoTFakeQuantize",
     "APoTObserver",
     "APoTQuantizer",
     "ExportedWeight",
+    "LearnableAPoTConfig",
     "LearnableAPoTFakeQuantize",
     "LinearAPoT",
+    "SignMagnitudeConfig",
     "SignMagnitudeFakeQuantize",
     "SignMagnitudeQParams",
     "TensorAPoT",
+    "UniformConfig",
     "alpha_grad_elements",
     "calculate_qparams",
     "conv_from_codes",
@@ -48,6 +58,7 @@ __all__ = [
     "dequantize_weight",
     "export_weight",
     "fake_quantize_function",
+    "from_config",
     "learnable_fake_quantize",
     "learnable_fake_quantize_function",
     "linear_from_codes",

@@ -16,7 +16,15 @@ import torch
 from torch import Tensor
 from torch.ao.quantization.fake_quantize import FakeQuantizeBase
 
-from apot_common.tables import level_table, sign_magnitude_table
+from apot_common.config import (
+    APoTConfig,
+    LearnableAPoTConfig,
+    QuantizerConfig,
+    SignMagnitudeConfig,
+    UniformConfig,
+    check_config,
+)
+from apot_common.tables import LevelSet, level_table, sign_magnitude_table
 from apot_torch.fake_quantize_function import fake_quantize_function
 from apot_torch import levels as _levels
 from apot_torch.observer import APoTObserver, ConfigInStateDict, Float32State, observed_alpha
@@ -215,6 +223,8 @@ class SignMagnitudeFakeQuantize(_ObservedFakeQuantize):
 
     Args:
       b, k: bits including the sign, base width of the ``b - 1`` magnitude bits.
+      level_set: the magnitudes: ``"apot"`` (apot's table) or ``"paper"`` /
+        ``"paper-pot"`` (the paper code's ``build_power_value(b - 1)``).
       dtype: the quantized dtype reported to torch.ao (unused by the numerics).
       factory_kwargs: what torch.ao's QAT modules pass; the buffers go to
         that device and stay float32.
@@ -229,10 +239,11 @@ class SignMagnitudeFakeQuantize(_ObservedFakeQuantize):
 
     alpha: Tensor
 
-    def __init__(self, b: int, k: int, *, dtype: torch.dtype = torch.qint8, factory_kwargs: dict | None = None) -> None:
+    def __init__(self, b: int, k: int, *, level_set: LevelSet = "apot", dtype: torch.dtype = torch.qint8,
+                 factory_kwargs: dict | None = None) -> None:
         super().__init__()
-        sign_magnitude_table(b, k)  # ValueError now
-        self.b, self.k = int(b), int(k)
+        sign_magnitude_table(b, k, level_set)  # ValueError now
+        self.b, self.k, self.level_set = int(b), int(k), level_set
         self.dtype = dtype
         self.activation_post_process = APoTObserver(self.b - 1, self.k, dtype)
         self.register_buffer("alpha", torch.tensor(float("nan")))
@@ -250,7 +261,8 @@ class SignMagnitudeFakeQuantize(_ObservedFakeQuantize):
         observer = self.activation_post_process
         if not bool(observer.min_val <= observer.max_val):
             raise RuntimeError("SignMagnitudeFakeQuantize has not observed any finite value yet")
-        return sign_magnitude_qparams(observed_alpha(observer.min_val, observer.max_val), b=self.b, k=self.k)
+        return sign_magnitude_qparams(observed_alpha(observer.min_val, observer.max_val), b=self.b, k=self.k,
+                                      level_set=self.level_set)
 
     def _qparam_updates(self) -> list[tuple[Tensor, Tensor]]:
         observer = self.activation_post_process
@@ -259,13 +271,13 @@ class SignMagnitudeFakeQuantize(_ObservedFakeQuantize):
     def _fake_quantize(self, X: Tensor) -> Tensor:  # noqa: N803
         # the learnable fake quant with a buffer for alpha: same forward and
         # X-gradient, and no alpha gradient is computed
-        return learnable_fake_quantize(X, self.alpha.float(), b=self.b, k=self.k)
+        return learnable_fake_quantize(X, self.alpha.float(), b=self.b, k=self.k, level_set=self.level_set)
 
     def extra_repr(self) -> str:
-        return f"b={self.b}, k={self.k}"
+        return f"b={self.b}, k={self.k}, level_set={self.level_set}"
 
     def _apot_config(self) -> dict:
-        return {"module": "SignMagnitudeFakeQuantize", "b": self.b, "k": self.k}
+        return {"module": "SignMagnitudeFakeQuantize", "b": self.b, "k": self.k, "level_set": self.level_set}
 
 
 class LearnableAPoTFakeQuantize(Float32State, ConfigInStateDict, FakeQuantizeBase):
@@ -287,6 +299,8 @@ class LearnableAPoTFakeQuantize(Float32State, ConfigInStateDict, FakeQuantizeBas
       channels: number of alphas along ``channel_axis``.
       alpha_init: initial alpha (the paper starts weights at 3.0).
       scheme: ``"sign-magnitude"`` (weights) or ``"unsigned"`` (activations).
+      level_set: ``"apot"`` (apot's tables) or ``"paper"`` / ``"paper-pot"``
+        (the paper code's ``build_power_value`` sets).
       dtype: the quantized dtype reported to torch.ao (unused by the numerics).
       factory_kwargs: what torch.ao's QAT modules pass; the parameter goes to
         that device and stays float32.
@@ -315,15 +329,16 @@ class LearnableAPoTFakeQuantize(Float32State, ConfigInStateDict, FakeQuantizeBas
         channels: int | None = None,
         alpha_init: float = 3.0,
         scheme: str = "sign-magnitude",
+        level_set: LevelSet = "apot",
         dtype: torch.dtype = torch.qint8,
         factory_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
-        check_learnable(b, k, scheme, normalize, channel_axis)  # ValueError now
+        check_learnable(b, k, scheme, normalize, channel_axis, level_set)  # ValueError now
         if (channel_axis is None) != (channels is None):
             raise ValueError("give channels exactly when channel_axis is given")
         self.b, self.k, self.normalize, self.channel_axis = int(b), int(k), bool(normalize), channel_axis
-        self.scheme = scheme
+        self.scheme, self.level_set = scheme, level_set
         self.dtype = dtype
         shape = () if channels is None else (int(channels),)
         self.alpha = torch.nn.Parameter(torch.full(shape, float(alpha_init), dtype=torch.float32))
@@ -337,21 +352,91 @@ class LearnableAPoTFakeQuantize(Float32State, ConfigInStateDict, FakeQuantizeBas
         ``SignMagnitudeQParams``, or the unsigned ``(alpha, gamma, levels,
         level_indices)``."""
         if self.scheme == "unsigned":
-            return unsigned_qparams(self.alpha.detach(), b=self.b, k=self.k)
-        return sign_magnitude_qparams(self.alpha.detach(), b=self.b, k=self.k)
+            return unsigned_qparams(self.alpha.detach(), b=self.b, k=self.k, level_set=self.level_set)
+        return sign_magnitude_qparams(self.alpha.detach(), b=self.b, k=self.k, level_set=self.level_set)
 
     def forward(self, X: Tensor) -> Tensor:  # noqa: N803 (torch.ao name)
         if self.fake_quant_enabled[0] != 1:
             return X
         if self.scheme == "unsigned":
-            return learnable_fake_quantize(X, self.alpha, b=self.b, k=self.k, scheme="unsigned")
+            return learnable_fake_quantize(X, self.alpha, b=self.b, k=self.k, scheme="unsigned",
+                                           level_set=self.level_set)
         return paper_weight_quant(
-            X, self.alpha, b=self.b, k=self.k, normalize=self.normalize, channel_axis=self.channel_axis
+            X, self.alpha, b=self.b, k=self.k, normalize=self.normalize, channel_axis=self.channel_axis,
+            level_set=self.level_set,
         )
 
     def extra_repr(self) -> str:
-        return f"b={self.b}, k={self.k}, scheme={self.scheme}, normalize={self.normalize}, channel_axis={self.channel_axis}"
+        return (f"b={self.b}, k={self.k}, scheme={self.scheme}, normalize={self.normalize}, "
+                f"channel_axis={self.channel_axis}, level_set={self.level_set}")
 
     def _apot_config(self) -> dict:
         return {"module": "LearnableAPoTFakeQuantize", "b": self.b, "k": self.k, "scheme": self.scheme,
-                "normalize": self.normalize, "channel_axis": self.channel_axis}  # fmt: skip
+                "normalize": self.normalize, "channel_axis": self.channel_axis,
+                "level_set": self.level_set}  # fmt: skip
+
+
+def from_config(
+    config: QuantizerConfig,
+    *,
+    channels: int | None = None,
+    channel_axis: int = 0,
+    dtype: torch.dtype | None = None,
+    factory_kwargs: dict | None = None,
+) -> FakeQuantizeBase:
+    """The torch fake quant a typed config (``apot_common.config``) describes;
+    twin of ``apot_jax.fake_quantize_module.linen_from_config``.
+
+    Args:
+      config: ``APoTConfig`` -> :class:`APoTFakeQuantize`;
+        ``SignMagnitudeConfig`` -> :class:`SignMagnitudeFakeQuantize`;
+        ``LearnableAPoTConfig`` -> :class:`LearnableAPoTFakeQuantize`;
+        ``UniformConfig`` -> torch's own ``FakeQuantize`` with a per-tensor
+        ``MinMaxObserver`` over ``[0, 2**b - 1]`` (unsigned) or
+        ``[-(2**(b-1) - 1), 2**(b-1) - 1]`` (signed): a baseline, outside
+        the bit-exact contract.
+      channels, channel_axis: a per-channel ``LearnableAPoTConfig`` only: the
+        number of alphas and their axis (``0``: an ``nn.Linear`` /
+        ``nn.Conv2d`` weight's output channels).
+      dtype: the quantized dtype reported to torch.ao (default ``qint8`` for
+        signed configs, ``quint8`` for unsigned ones).
+      factory_kwargs: what torch.ao's QAT modules pass (device).
+
+    Raises:
+      TypeError: ``config`` is not a quantizer config.
+      ValueError: a per-channel config without ``channels``.
+
+    >>> from apot_common.config import APoTConfig
+    >>> fq = from_config(APoTConfig(b=4, k=2, signed=True))
+    >>> type(fq).__name__, fq.activation_post_process.b, fq.activation_post_process.k, fq.signed
+    ('APoTFakeQuantize', 4, 2, True)
+    """
+    check_config(config)
+    signed = not isinstance(config, (APoTConfig, UniformConfig, LearnableAPoTConfig)) or config.signed
+    dtype = dtype if dtype is not None else (torch.qint8 if signed else torch.quint8)
+    kw = {"dtype": dtype, "factory_kwargs": factory_kwargs}
+    if isinstance(config, APoTConfig):
+        return APoTFakeQuantize(b=config.b, k=config.k, signed=config.signed, **kw)
+    if isinstance(config, SignMagnitudeConfig):
+        return SignMagnitudeFakeQuantize(config.b, config.magnitude_k, level_set=config.level_set, **kw)
+    if isinstance(config, UniformConfig):
+        from torch.ao.quantization.fake_quantize import FakeQuantize
+        from torch.ao.quantization.observer import MinMaxObserver
+
+        qmax = 2 ** (config.b - 1) - 1 if config.signed else 2**config.b - 1
+        qmin = -qmax if config.signed else 0
+        fq = FakeQuantize(observer=MinMaxObserver, quant_min=qmin, quant_max=qmax, dtype=torch.qint32,
+                          qscheme=torch.per_tensor_symmetric if config.signed else torch.per_tensor_affine)
+        device = (factory_kwargs or {}).get("device")
+        return fq if device is None else fq.to(device)
+    if config.per_channel and channels is None:
+        raise ValueError("a per-channel LearnableAPoTConfig needs channels (the size of channel_axis)")
+    return LearnableAPoTFakeQuantize(
+        config.b, config.magnitude_k, normalize=config.normalize,
+        channel_axis=channel_axis if config.per_channel else None,
+        channels=channels if config.per_channel else None, alpha_init=config.alpha_init,
+        scheme=config.scheme, level_set=config.level_set, **kw,
+    )
+
+
+__all__ = ["APoTFakeQuantize", "LearnableAPoTFakeQuantize", "SignMagnitudeFakeQuantize", "from_config"]

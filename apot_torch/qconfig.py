@@ -30,12 +30,20 @@ batch (or of the normalized weight) into a module's ``alpha`` under
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.ao.quantization.fake_quantize import FakeQuantize
 from torch.ao.quantization.observer import MinMaxObserver
 from torch.ao.quantization.qconfig import QConfig
 
-from apot_torch.fake_quantize_module import APoTFakeQuantize, LearnableAPoTFakeQuantize, SignMagnitudeFakeQuantize
+from apot_common.config import LearnableAPoTConfig, QuantizerConfig, check_config
+from apot_torch.fake_quantize_module import (
+    APoTFakeQuantize,
+    LearnableAPoTFakeQuantize,
+    SignMagnitudeFakeQuantize,
+    from_config,
+)
 
 #: Symmetric uniform fake quant for activations (the prototype's default).
 default_symmetric_fake_quant = FakeQuantize.with_args(
@@ -105,3 +113,30 @@ apot_paper_qconfig_2bit = QConfig(
     activation=_paper_activation.with_args(b=2, k=2),
     weight=LearnableAPoTFakeQuantize.with_args(b=2, k=1),
 )
+
+
+def _constructor(config: QuantizerConfig | None, what: str):
+    if config is None:
+        return torch.nn.Identity  # takes and ignores factory_kwargs: the operand stays float
+    check_config(config, what)
+    if isinstance(config, LearnableAPoTConfig) and config.per_channel:
+        raise ValueError(f"{what}: a per-channel alpha needs the channel count, which a QConfig does not know; "
+                         "use apot_torch.torchao.APoTQATConfig or build the module with from_config(channels=...)")
+    return functools.partial(from_config, config)
+
+
+def qconfig(*, weight: QuantizerConfig | None, activation: QuantizerConfig | None) -> QConfig:
+    """A torch.ao ``QConfig`` (for ``prepare_qat``) from typed configs; ``None``
+    leaves that operand float.
+
+    Raises:
+      TypeError: an argument that is not a quantizer config.
+      ValueError: a per-channel ``LearnableAPoTConfig`` (the channel count is
+        not known to a QConfig).
+
+    >>> from apot_common.config import APoTConfig, SignMagnitudeConfig
+    >>> qc = qconfig(weight=SignMagnitudeConfig(b=3), activation=APoTConfig(b=3, k=1))
+    >>> type(qc.weight()).__name__, type(qc.activation()).__name__
+    ('SignMagnitudeFakeQuantize', 'APoTFakeQuantize')
+    """
+    return QConfig(activation=_constructor(activation, "activation"), weight=_constructor(weight, "weight"))

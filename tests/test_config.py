@@ -139,3 +139,56 @@ def test_layer_refuses_a_bad_scheme_string():
         APoTDense(4, weight_quant="apot4")
     with pytest.raises(ValueError, match="input_quant"):
         NNXAPoTDense(3, 4, input_quant="sign-magnitude", rngs=nnx.Rngs(0))
+
+
+torch = pytest.importorskip("torch", reason="the torch half of the config tests needs torch")
+
+
+@pytest.mark.parametrize("cfg", [
+    APoTConfig(b=4, k=2, signed=True),
+    SignMagnitudeConfig(b=4, level_set="paper"),
+    SignMagnitudeConfig(b=3),
+    LearnableAPoTConfig(b=4, level_set="paper"),
+    LearnableAPoTConfig(b=3, k=1, signed=False, normalize=False, alpha_init=2.0, level_set="paper"),
+], ids=repr)
+def test_one_config_gives_the_same_bits_in_both_frameworks(cfg):
+    """The module each framework builds from one config computes the same
+    bits on the same input (first call: observe, then fake-quantize)."""
+    import apot_torch
+
+    x = np.random.default_rng(3).normal(size=(16, 12)).astype(np.float32) * 2
+    if isinstance(cfg, LearnableAPoTConfig) and not cfg.signed:
+        x = np.abs(x)
+    module = fqm.linen_from_config(cfg)
+    variables = module.init(jax.random.key(0), jnp.asarray(x))
+    y_jax, _ = module.apply(variables, jnp.asarray(x), mutable=["quant_stats"])
+    y_torch = apot_torch.from_config(cfg)(torch.from_numpy(x.copy()))
+    np.testing.assert_array_equal(np.asarray(y_jax).view(np.int32), y_torch.detach().numpy().view(np.int32))
+
+
+def test_torch_qconfig_from_configs_trains_through_prepare_qat():
+    from torch.ao.quantization import prepare_qat
+
+    from apot_torch.qconfig import qconfig
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4))
+    model.qconfig = qconfig(weight=SignMagnitudeConfig(b=3, level_set="paper"), activation=APoTConfig(b=4, k=2))
+    prepared = prepare_qat(model.train())
+    wfq = prepared[0].weight_fake_quant
+    assert type(wfq).__name__ == "SignMagnitudeFakeQuantize" and wfq.level_set == "paper"
+    prepared(torch.randn(5, 6)).sum().backward()
+    assert prepared[0].weight.grad is not None
+    with pytest.raises(ValueError, match="per-channel"):
+        qconfig(weight=LearnableAPoTConfig(b=3, per_channel=True), activation=None)
+    with pytest.raises(TypeError, match="weight must be one of"):
+        qconfig(weight="apot", activation=None)
+
+
+def test_torch_state_dict_records_the_level_set():
+    import apot_torch
+
+    paper = apot_torch.from_config(SignMagnitudeConfig(b=4, level_set="paper"))
+    paper(torch.randn(50))
+    other = apot_torch.from_config(SignMagnitudeConfig(b=4))
+    with pytest.raises(RuntimeError, match="level_set"):
+        other.load_state_dict(paper.state_dict())
