@@ -1,21 +1,36 @@
 """``apot qat``: float vs APoT quantization-aware training on the bundled digits.
 
-With no arguments: trains an MLP (64-1024-1024-10) in float, then for 4, 3 and 2
-bits fine-tunes a copy of it with APoT fake quantization of weights (signed
-table) and activations (unsigned table): calibration of the observers on the
-training data, then QAT with optax adam. Prints a table of test accuracy and
-step time (and its ratio to the float step) per variant. ``--out DIR`` writes
-``results.json``; ``--plot`` adds PNG plots of the learning curves and of the
-APoT level sets beside uniform levels.
+With no arguments: trains an MLP (64-1024-1024-10; ``--model cnn``: a small
+CNN, two 3x3 convolutions of 16 and 32 channels and a dense classifier) in
+float, then fine-tunes quantized copies of it and prints a table of test
+accuracy and step time (and its ratio to the float step) per variant.
+``--out DIR`` writes ``results.json``; ``--plot`` adds PNG plots of the
+learning curves and of the APoT level sets beside uniform levels.
 
-``--recipe`` chooses the rows: ``prototype`` (the prototype-compatible
-recipe above, at ``--bits``) and ``paper`` (the APoT paper's weight recipe at
-``--paper-bits``, default 3 and 2: sign-magnitude weights with a learnable
-alpha, initialised by least squares, after weight normalization; activations
-as in the prototype recipe). Both by default. With a paper row, the first
-paper model is exported to integer codes and the command prints its size
-(packed codes vs float32 weights) and the accuracy of the model run from the
-codes.
+``--recipe`` chooses the rows (both by default):
+
+* ``prototype`` at ``--bits`` (4 3 2): observer-calibrated alpha, the
+  prototype-compatible signed APoT table for weights and the unsigned
+  ``(bits, k)`` table for the hidden layers' inputs, adam, each from the
+  float weights.
+* ``paper`` at ``--paper-bits`` (4 3 2), the APoT paper's recipe: weights
+  sign-magnitude with a learnable alpha (least-squares start) after weight
+  normalization; activations (the ReLU outputs) with a learnable alpha over
+  the unsigned set of the same bits. ``--paper-level-set paper`` (default)
+  takes both sets from the paper's code (``build_power_value``: weights sign
+  + ``build_power_value(b - 1)``, activations ``build_power_value(b)``; at 3
+  bits the activations are 0, .1, .2, .3, .4, .6, .8, 1 times alpha), while
+  ``apot`` uses apot's ``(b, k)`` tables (weights sign + ``(b - 1, k)``,
+  activations ``(b, k)``). The first and last layers at
+  ``--paper-first-last-bits`` (8, uniform; 0: at the row's bits), the
+  network input float; SGD with momentum 0.9, a cosine schedule and weight
+  decay on the alphas (``--paper-optimizer``); progressive initialisation
+  (``--paper-init``: each row from the previous row's trained weights, in
+  the order of ``--paper-bits``).
+
+With a paper row, the first paper model is exported to integer codes and the
+command prints its size (packed codes vs float32 weights) and the accuracy of
+the model run from the codes.
 """
 
 from __future__ import annotations
@@ -27,13 +42,16 @@ import sys
 import time
 from typing import Any
 
-#: Default APoT base bit-width per total bits: k = 2 where it divides b; for
-#: 3 bits k = 1 (three additive terms; k = 3 would leave pure powers of two,
-#: which are very coarse near alpha).
-DEFAULT_K = {1: 1, 2: 2, 3: 1, 4: 2, 5: 1, 6: 2, 8: 2}
+from apot_cli.digits import DEFAULT_K, FIRST_LAST_BITS, MODELS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", choices=list(MODELS), default="mlp",
+        help="mlp (64-HIDDEN-10) or cnn (3x3 conv CHANNELS[0], 3x3 stride-2 conv CHANNELS[1], dense 10) (default: mlp)",
+    )
+    parser.add_argument("--channels", type=int, nargs=2, default=[16, 32],
+                        help="--model cnn: channels of the two convolutions (default: 16 32)")
     parser.add_argument(
         "--recipe",
         choices=["prototype", "paper"],
@@ -44,7 +62,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2], help="APoT bit widths of the prototype recipe (default: 4 3 2)")
     parser.add_argument(
-        "--paper-bits", type=int, nargs="+", default=[3, 2], help="bit widths (sign included) of the paper recipe (default: 3 2)"
+        "--paper-bits", type=int, nargs="+", default=[4, 3, 2],
+        help="bit widths (sign included) of the paper recipe, in training order (default: 4 3 2)",
+    )
+    parser.add_argument(
+        "--paper-level-set", choices=["paper", "apot", "paper-pot"], default="paper",
+        help="paper recipe's level sets: paper (the paper code's build_power_value sets: weights sign + b-1 bits, "
+        "activations b bits), apot (apot's (b, k) tables) or paper-pot (non-additive powers of two) (default: paper)",
+    )
+    parser.add_argument(
+        "--paper-first-last-bits", type=int, default=FIRST_LAST_BITS,
+        help=f"paper recipe: bits of the first and last layers (uniform weights; the first layer's input float, the "
+        f"last layer's input uniform), as the paper; 0: every layer at the row's bits (default: {FIRST_LAST_BITS})",
+    )
+    parser.add_argument(
+        "--paper-optimizer", choices=["sgd", "adam"], default="sgd",
+        help="paper recipe's optimizer: sgd (the paper's: momentum 0.9, cosine decay of --paper-lr, weight decay "
+        "--paper-alpha-decay on the alphas) or adam (--qat-lr, as the prototype rows) (default: sgd)",
+    )
+    parser.add_argument("--paper-lr", type=float, default=0.01, help="paper recipe's SGD learning rate (default: 0.01)")
+    parser.add_argument("--paper-alpha-decay", type=float, default=1e-4,
+                        help="paper recipe's SGD weight decay on the alphas (default: 1e-4)")
+    parser.add_argument(
+        "--paper-init", choices=["progressive", "float"], default="progressive",
+        help="paper recipe's starting weights: progressive (each row from the previous paper row's trained weights, "
+        "the first from the float model, as the paper's float -> 4 -> 3 -> 2 bits) or float (every row from the "
+        "float model) (default: progressive)",
     )
     parser.add_argument(
         "--per-channel", action="store_true", help="paper recipe: one weight alpha per output feature"
@@ -68,7 +111,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
     parser.add_argument("--lr", type=float, default=1e-3, help="adam learning rate for float training (default: 1e-3)")
     parser.add_argument("--qat-lr", type=float, default=3e-4, help="adam learning rate for QAT fine-tuning (default: 3e-4)")
-    parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024], help="hidden layer widths (default: 1024 1024)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024],
+                        help="--model mlp: hidden layer widths (default: 1024 1024)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default: 0)")
     parser.add_argument(
         "--quantize", choices=["weights", "activations", "both"], default="both", help="what to fake-quantize (default: both)"
@@ -86,8 +130,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--qwix",
         action="store_true",
-        help="also train each prototype variant as an unmodified linen MLP (nn.Dense) quantized through "
-        "qwix.quantize_model with apot_jax.qwix.ApotQatProvider (needs apot[qwix]); its rows equal the APoT rows",
+        help="also train each prototype variant as the unmodified linen model (nn.Dense / nn.Conv) quantized "
+        "through qwix.quantize_model with apot_jax.qwix.ApotQatProvider (needs apot[qwix]); its rows equal the "
+        "APoT rows",
     )
     parser.add_argument("--timing-steps", type=int, default=20, help="steps per timing round (default: 20)")
     parser.add_argument("--timing-rounds", type=int, default=5, help="interleaved timing rounds (default: 5)")
@@ -113,15 +158,15 @@ def _paper_k(bits: int) -> tuple[int, int]:
     return default_magnitude_k(bits), DEFAULT_K.get(bits, 1)
 
 
-def _distinct_levels(bits: int | None, k: int, signed: bool) -> int | None:
-    """Number of distinct level values of a quantizer (None for float)."""
-    if bits is None:
-        return None
-    import numpy as np
+def _paper_quant(args: argparse.Namespace, b: int) -> Any:
+    """The ``QuantConfig`` of the paper row at ``b`` bits."""
+    from apot_cli.digits import QuantConfig
 
-    from apot_common.tables import level_table
-
-    return int(np.unique(level_table(bits, k, signed).base_sum).size)
+    weight_k, k = _paper_k(b)
+    return QuantConfig(bits=b, k=k, quantize=args.quantize, recipe="paper", weight_k=weight_k,
+                       per_channel=args.per_channel, learn_activation_alpha=args.paper_activations == "learnable",
+                       level_set=args.paper_level_set,
+                       first_last_bits=args.paper_first_last_bits or None)  # fmt: skip
 
 
 def _format_table(rows: list[dict[str, Any]]) -> str:
@@ -129,11 +174,17 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
     lines = []
     for r in rows:
         levels = "-" if r["bits"] is None else f"{r['weight_levels'] or '-'}/{r['activation_levels'] or '-'}"
+        if r["bits"] is None:
+            k = "-"
+        elif r.get("level_set") not in (None, "apot"):
+            k = r["level_set"]  # the paper's sets have no k
+        else:
+            k = str(r["k"]) if r["weight_k"] in (None, r["k"]) else f"{r['weight_k']}/{r['k']}"
         lines.append(
             (
                 r["variant"],
                 "32 (float)" if r["bits"] is None else str(r["bits"]),
-                "-" if r["bits"] is None else (str(r["k"]) if r["weight_k"] in (None, r["k"]) else f"{r['weight_k']}/{r['k']}"),
+                k,
                 levels,
                 f"{100 * r['test_accuracy']:.2f}",
                 f"{r['step_ms']:.3f}",
@@ -149,11 +200,14 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
 def _validate_args(args: argparse.Namespace) -> None:
     """Check every argument of ``apot qat`` before anything is loaded or
     trained: counts (``--epochs``, ``--qat-epochs``, ``--batch-size``,
-    ``--hidden``, ``--timing-steps``, ``--timing-rounds``) at least 1,
-    learning rates finite and positive, ``--seed`` in ``[0, 2**32)``, every
-    ``--bits``/``--k``/``--paper-bits`` combination valid for the quantizers
-    it selects (``QuantConfig``), ``--plot`` only with ``--out``, and
-    ``--out`` a directory that exists and is writable or can be created.
+    ``--hidden``, ``--channels``, ``--timing-steps``, ``--timing-rounds``) at
+    least 1, learning rates finite and positive, ``--paper-alpha-decay``
+    finite and >= 0, ``--seed`` in ``[0, 2**32)``, every
+    ``--bits``/``--k``/``--paper-bits``/``--paper-level-set``/
+    ``--paper-first-last-bits`` combination valid for the quantizers it
+    selects (``QuantConfig``), ``--qwix`` only with the prototype recipe's
+    rows to add to, ``--plot`` only with ``--out``, and ``--out`` a directory
+    that exists and is writable or can be created.
 
     Raises:
       SystemExit: status 2, after argparse's usage and an error message
@@ -172,16 +226,21 @@ def _validate_args(args: argparse.Namespace) -> None:
                           ("--timing-rounds", args.timing_rounds)):  # fmt: skip
         if value is not None and value < 1:
             fail(option, f"must be >= 1, got {value}")
-    for width in args.hidden:
-        if width < 1:
-            fail("--hidden", f"every width must be >= 1, got {width}")
-    for option, value in (("--lr", args.lr), ("--qat-lr", args.qat_lr)):
+    for option, values in (("--hidden", args.hidden), ("--channels", args.channels)):
+        for width in values:
+            if width < 1:
+                fail(option, f"every width must be >= 1, got {width}")
+    for option, value in (("--lr", args.lr), ("--qat-lr", args.qat_lr), ("--paper-lr", args.paper_lr)):
         if not (math.isfinite(value) and value > 0):
             fail(option, f"must be a finite number > 0, got {value}")
+    if not (math.isfinite(args.paper_alpha_decay) and args.paper_alpha_decay >= 0):
+        fail("--paper-alpha-decay", f"must be a finite number >= 0, got {args.paper_alpha_decay}")
     if not 0 <= args.seed < 2**32:
         fail("--seed", f"must be in [0, 2**32), got {args.seed}")
+    if args.paper_first_last_bits < 0:
+        fail("--paper-first-last-bits", f"must be >= 0 (0: off), got {args.paper_first_last_bits}")
 
-    from apot_jax import train as T
+    from apot_cli.digits import QuantConfig
 
     try:
         ks = _k_values(args.bits, args.k)
@@ -190,7 +249,7 @@ def _validate_args(args: argparse.Namespace) -> None:
     if "prototype" in args.recipe:
         for b, k in zip(args.bits, ks):
             try:
-                T.QuantConfig(bits=b, k=k, quantize=args.quantize, signed_weights=not args.unsigned_weights)
+                QuantConfig(bits=b, k=k, quantize=args.quantize, signed_weights=not args.unsigned_weights)
             except ValueError as exc:
                 fail("--bits/--k", f"--bits {b} with --k {k}: {exc}")
     if "paper" in args.recipe:
@@ -198,11 +257,11 @@ def _validate_args(args: argparse.Namespace) -> None:
             try:
                 if b < 2:
                     raise ValueError(f"the sign-magnitude weights need b >= 2, got b={b}")
-                weight_k, k = _paper_k(b)
-                T.QuantConfig(bits=b, k=k, quantize=args.quantize, recipe="paper", weight_k=weight_k,
-                              learn_activation_alpha=args.paper_activations == "learnable")  # fmt: skip
+                _paper_quant(args, b)
             except ValueError as exc:
-                fail("--paper-bits", f"{b}: {exc}")
+                fail("--paper-bits", f"{b} (--paper-level-set {args.paper_level_set}): {exc}")
+    if args.qwix and "prototype" not in args.recipe:
+        fail("--qwix", "adds rows to the prototype recipe (--recipe prototype)")
     if args.plot and not args.out:
         fail("--plot", "needs --out (the directory the plots are written to)")
     if args.out:
@@ -218,21 +277,43 @@ def _validate_args(args: argparse.Namespace) -> None:
             fail("--out", f"{existing} is not writable")
 
 
+def _optimizer(args: argparse.Namespace, quant: Any, steps: int) -> Any:
+    """The optax transformation of a row: adam for float and prototype rows
+    (and ``--paper-optimizer adam``); the paper's SGD (momentum 0.9, cosine
+    decay over the row's steps, weight decay on the alphas only) otherwise."""
+    import jax
+    import optax
+
+    if quant.bits is None:
+        return optax.adam(args.lr)
+    if quant.recipe != "paper" or args.paper_optimizer == "adam":
+        return optax.adam(args.qat_lr)
+
+    def alphas(params: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "alpha", params)
+
+    return optax.chain(
+        optax.masked(optax.add_decayed_weights(args.paper_alpha_decay), alphas),
+        optax.sgd(optax.cosine_decay_schedule(args.paper_lr, max(1, steps)), momentum=0.9),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
     from tqdm import tqdm
 
     _validate_args(args)  # SystemExit(2) with argparse's message, before any work
+    from apot_cli import digits as D
     from apot_jax import train as T
 
     ks = _k_values(args.bits, args.k)
     qat_epochs = args.epochs if args.qat_epochs is None else args.qat_epochs
     signed_weights = not args.unsigned_weights
+    sizes = dict(hidden=tuple(args.hidden), channels=tuple(args.channels))
 
-    x_tr, y_tr, x_te, y_te = T.load_digits_split()
+    x_tr, y_tr, x_te, y_te = D.load_digits_split()
     if args.batch_size > len(x_tr):
         print(f"apot qat: --batch-size must be <= {len(x_tr)} (training set size)", file=sys.stderr)
         return 2
@@ -240,54 +321,49 @@ def run(args: argparse.Namespace) -> int:
     rng = jax.random.key(args.seed)
     sample = jnp.asarray(x_tr[: args.batch_size])
 
-    variants: list[dict[str, Any]] = [{"variant": "float", "quant": T.QuantConfig()}]
+    variants: list[dict[str, Any]] = [{"variant": "float", "quant": D.QuantConfig()}]
     if "prototype" in args.recipe:
         for b, k in zip(args.bits, ks):
             variants.append(
                 {
                     "variant": f"APoT {args.quantize}",
-                    "quant": T.QuantConfig(bits=b, k=k, quantize=args.quantize, signed_weights=signed_weights),
+                    "quant": D.QuantConfig(bits=b, k=k, quantize=args.quantize, signed_weights=signed_weights),
                 }
             )
             if args.qwix:
                 variants.append({**variants[-1], "variant": f"qwix APoT {args.quantize}", "qwix": True})
     if "paper" in args.recipe:
         for b in args.paper_bits:
-            weight_k, k = _paper_k(b)
-            quant = T.QuantConfig(
-                bits=b,
-                k=k,
-                quantize=args.quantize,
-                recipe="paper",
-                weight_k=weight_k,
-                per_channel=args.per_channel,
-                learn_activation_alpha=args.paper_activations == "learnable",
-            )
-            variants.append({"variant": f"paper {args.quantize}", "quant": quant})
+            variants.append({"variant": f"paper {args.quantize}", "quant": _paper_quant(args, b)})
 
     total_steps = steps_per_epoch * (args.epochs + qat_epochs * (len(variants) - 1))
     bar = tqdm(total=total_steps, desc="apot qat", unit="step", disable=args.no_progress, file=sys.stderr)
     float_state = float_model = None
+    previous_paper = None  # the last paper row's trained params (progressive initialisation)
     timers = []  # (variant, step_fn, state) for the interleaved timing
     export: dict[str, Any] | None = None  # the first paper model's export summary
     t_start = time.perf_counter()
     for v in variants:
         quant = v["quant"]
         if v.get("qwix"):
-            model = _qwix_mlp(args.hidden, quant, args.quantize_input)
+            model = D.qwix_model(args.model, quant, args.quantize_input, **sizes)
         else:
-            model = T.MLP(hidden=tuple(args.hidden), quant=quant, quantize_input=args.quantize_input)
+            model = D.make_model(args.model, quant, quantize_input=args.quantize_input, **sizes)
         is_float = quant.bits is None
-        tx = optax.adam(args.lr if is_float else args.qat_lr)
-        state = T.init_state(model, tx, rng, sample)
         epochs = args.epochs if is_float else qat_epochs
+        tx = _optimizer(args, quant, epochs * steps_per_epoch)
+        state = T.init_state(model, tx, rng, sample)
         if not is_float:
-            # QAT starts from the trained float weights, with observers
-            # calibrated on the float network (fake quant off).
-            params = _with_float_weights(state.params, float_state.params)
-            params = T.fit_paper_alphas(params, quant)  # paper recipe: least-squares initial alphas
+            # QAT starts from trained weights (the float model's; a paper row
+            # with --paper-init progressive: the previous paper row's), with
+            # observers calibrated on them (fake quant off).
+            source, v["init_from"] = float_state.params, "float"
+            if quant.recipe == "paper" and args.paper_init == "progressive" and previous_paper is not None:
+                source, v["init_from"] = previous_paper
+            params = D.with_weights(state.params, source)
+            params = D.fit_paper_alphas(params, quant)  # paper recipe: least-squares initial alphas
             if quant.learn_activation_alpha:
-                params = T.fit_activation_alphas(model, params, float_model, float_state.params, x_tr)
+                params = D.fit_activation_alphas(model, params, float_model, float_state.params, x_tr)
             state = state.replace(params=params, opt_state=tx.init(params))
             state = T.calibrate(model, state, [x_tr])  # the whole training set, one batch
         step_fn = T.make_train_step(model, tx)
@@ -300,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
         bar.set_description(f"{v['variant'].split()[0]} {quant.bits or 32}-bit")
         for epoch in range(epochs):
             losses = []
-            for xb, yb in T.epoch_batches(x_tr, y_tr, args.batch_size, args.seed, epoch):
+            for xb, yb in D.epoch_batches(x_tr, y_tr, args.batch_size, args.seed, epoch):
                 state, metrics = step_fn(state, jnp.asarray(xb), jnp.asarray(yb))
                 losses.append(metrics["loss"])
                 bar.update(1)
@@ -310,30 +386,36 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", acc=f"{100 * history['test_accuracy'][-1]:.1f}")
         if is_float:
             float_state, float_model = state, model
+        if quant.recipe == "paper" and not is_float:
+            previous_paper = state.params, f"paper {quant.bits}-bit"
+        paper_row = quant.recipe == "paper" and not is_float
         v.update(
             bits=quant.bits,
             k=quant.k if not is_float else None,
             recipe=None if is_float else quant.recipe,
-            weight_k=quant.magnitude_k if quant.recipe == "paper" and not is_float else None,
+            weight_k=quant.magnitude_k if paper_row else None,
+            level_set=quant.level_set if paper_row else None,
+            first_last_bits=quant.first_last_bits if paper_row else None,
+            optimizer=("adam" if not paper_row else args.paper_optimizer),
             quantize=None if is_float else quant.quantize,
             weight_levels=_weight_levels(quant, signed_weights) if quant.weight_quant else None,
-            activation_levels=_distinct_levels(quant.bits, quant.k, False) if quant.input_quant else None,
+            activation_levels=_activation_levels(quant) if quant.input_quant else None,
             test_accuracy=T.accuracy(eval_fn, state, x_te, y_te),
             history=history,
         )
         timers.append((v, step_fn, state))
-        if quant.recipe == "paper" and quant.weight_quant and export is None:
-            export = _export_summary(model, state, quant, eval_fn, x_te, y_te, v)
+        if paper_row and quant.weight_quant and export is None:
+            export = _export_summary(args.model, sizes, model, state, quant, eval_fn, x_te, y_te, v)
     bar.close()
 
     # Step time: all variants timed in interleaved rounds on the same batch,
     # median per variant, so a busy machine slows every variant alike.
-    xb, yb = next(T.epoch_batches(x_tr, y_tr, args.batch_size, args.seed, 0))
+    xb, yb = next(D.epoch_batches(x_tr, y_tr, args.batch_size, args.seed, 0))
     xb, yb = jnp.asarray(xb), jnp.asarray(yb)
     samples: dict[int, list[float]] = {i: [] for i in range(len(timers))}
     for _ in range(max(1, args.timing_rounds)):
         for i, (_, step_fn, state) in enumerate(timers):
-            samples[i].append(T.time_step(step_fn, state, xb, yb, max(1, args.timing_steps)))
+            samples[i].append(D.time_step(step_fn, state, xb, yb, max(1, args.timing_steps)))
     float_ms = 1e3 * float(np.median(samples[0]))
     for i, (v, _, _) in enumerate(timers):
         v["step_ms"] = 1e3 * float(np.median(samples[i]))
@@ -343,14 +425,29 @@ def run(args: argparse.Namespace) -> int:
     rows = [{key: val for key, val in v.items() if key not in ("quant", "qwix")} for v in variants]
     print(_format_table(rows))
     float_acc = rows[0]["test_accuracy"]
+    if args.model == "mlp":
+        arch = f"MLP 64-{'-'.join(map(str, args.hidden))}-10"
+    else:
+        arch = f"CNN conv3x3-{args.channels[0]}, conv3x3/2-{args.channels[1]}, dense-10"
     print(
-        f"digits: {len(x_tr)} train / {len(x_te)} test; MLP 64-{'-'.join(map(str, args.hidden))}-10; "
+        f"digits: {len(x_tr)} train / {len(x_te)} test; {arch}; "
         f"batch {args.batch_size}; float {args.epochs} epochs (adam {args.lr}), QAT {qat_epochs} epochs "
-        f"(adam {args.qat_lr}) from the float weights after calibration; "
-        f"weights {'signed' if signed_weights else 'unsigned'} table (prototype recipe) or sign-magnitude levels "
-        f"with learnable alpha after weight normalization (paper recipe; k w/a = weight magnitude k / activation k), "
-        f"activations unsigned{', alpha learnt in the paper recipe' if args.paper_activations == 'learnable' else ''} "
-        f"({'network input and hidden layers' if args.quantize_input else 'hidden layers; network input float'}); "
+        f"after calibration; prototype: adam {args.qat_lr} from the float weights, weights "
+        f"{'signed' if signed_weights else 'unsigned'} table, activations unsigned (k w/a = weight k / activation k)"
+    )
+    if "paper" in args.recipe:
+        first_last = (f"first/last layers {args.paper_first_last_bits}-bit uniform"
+                      if args.paper_first_last_bits else "every layer at the row's bits")  # fmt: skip
+        opt = (f"SGD momentum 0.9, lr {args.paper_lr} cosine, alpha weight decay {args.paper_alpha_decay}"
+               if args.paper_optimizer == "sgd" else f"adam {args.qat_lr}")  # fmt: skip
+        acts = "learnt alpha" if args.paper_activations == "learnable" else "observed alpha"
+        print(
+            f"paper: level set {args.paper_level_set}; sign-magnitude weights, learnt alpha after weight "
+            f"normalization; activations unsigned, {acts}; {first_last}; {opt}; "
+            f"{'progressive initialisation in --paper-bits order' if args.paper_init == 'progressive' else 'each from the float weights'}"
+        )
+    print(
+        f"network input {'quantized' if args.quantize_input else 'float'}; "
         f"{jax.devices()[0].platform} ({jax.device_count()} devices); {wall:.1f} s"
     )
     for r in rows[1:]:
@@ -359,7 +456,7 @@ def run(args: argparse.Namespace) -> int:
     if export is not None:
         print(
             f"export ({export['bits']}-bit paper model): weights {export['code_bytes']} bytes of packed "
-            f"{export['bits']}-bit codes + {export['scale_bytes']} bytes of alpha/gamma/scale "
+            f"codes + {export['scale_bytes']} bytes of alpha/gamma/scale "
             f"vs {export['float_bytes']} bytes float32 ({export['float_bytes'] / export['quantized_bytes']:.1f}x smaller); "
             f"test accuracy from the codes {100 * export['test_accuracy']:.2f}% "
             f"(fake-quant model {100 * export['fake_quant_accuracy']:.2f}%, identical logits: {export['identical_logits']})"
@@ -378,96 +475,61 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _weight_levels(quant: Any, signed_weights: bool) -> int:
+    from apot_cli.digits import distinct_levels
+
     if quant.recipe == "paper":
         return 2**quant.bits - 1  # sign-magnitude: exactly 2**b - 1 distinct levels
-    return _distinct_levels(quant.bits, quant.k, signed_weights)
+    return distinct_levels(quant.bits, quant.k, signed_weights)
 
 
-def _qwix_mlp(hidden: list[int], quant: Any, quantize_input: bool) -> Any:
-    """An unmodified linen MLP of ``nn.Dense`` layers (named like ``T.MLP``'s, so
-    the float weights load as they are), quantized through the Qwix provider
-    with the rules that mean ``quant`` (prototype recipe)."""
-    import flax.linen as nn
-    import qwix
+def _activation_levels(quant: Any) -> int:
+    from apot_cli.digits import distinct_levels
 
-    from apot_jax.qwix import ApotQatProvider, ApotRule
-
-    widths = tuple(hidden) + (10,)
-
-    class PlainMLP(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            for i, width in enumerate(widths):
-                x = nn.Dense(width, name=f"dense{i}")(x)
-                if i < len(widths) - 1:
-                    x = nn.relu(x)
-            return x
-
-    weight = dict(
-        weight_bits=quant.bits if quant.weight_quant else None,
-        weight_k=quant.k,
-        weight_scheme="signed" if quant.signed_weights else "unsigned",
-    )
-    act = dict(act_bits=quant.bits, act_k=quant.k) if quant.input_quant else {}
-    first = {} if quantize_input else {"act_bits": None}
-    rules = [ApotRule(module_path="dense0", **(weight | act | first)), ApotRule(module_path=".*", **(weight | act))]
-    return qwix.quantize_model(PlainMLP(), ApotQatProvider(rules))
+    level_set = quant.level_set if quant.learn_activation_alpha else "apot"
+    return distinct_levels(quant.bits, quant.k, False, level_set)
 
 
-def _with_float_weights(params: dict[str, Any], float_params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` (a quantized model's, with e.g. learnable alphas) with every
-    kernel and bias taken from the trained float model."""
-    return {name: {**dict(layer), **dict(float_params[name])} for name, layer in params.items()}
-
-
-def _export_summary(model, state, quant, eval_fn, x_te, y_te, variant) -> dict[str, Any]:
-    """Export every layer of a paper-recipe MLP to codes, run the model from the
-    dequantized codes (activation fake quants unchanged) and measure it."""
+def _export_summary(model_name, sizes, model, state, quant, eval_fn, x_te, y_te, variant) -> dict[str, Any]:
+    """Export every paper-recipe layer of the model to codes, run the model from
+    the dequantized codes (activation fake quants and the 8-bit first/last
+    layers' uniform fake quants unchanged) and measure it. The 8-bit layers
+    count as 8-bit codes plus one float32 scale."""
     import jax.numpy as jnp
     import numpy as np
 
+    from apot_cli import digits as D
     from apot_jax import export as X
     from apot_jax import train as T
 
     exported = {
-        name: X.export_kernel(
-            layer["kernel"],
-            layer["weight_quant"]["alpha"],
-            b=quant.bits,
-            k=quant.magnitude_k,
-            per_channel=quant.per_channel,
-            bias=layer["bias"],
-        )
+        name: X.export_kernel(layer["kernel"], layer["weight_quant"]["alpha"], b=quant.bits, k=quant.magnitude_k,
+                              per_channel=quant.per_channel, bias=layer["bias"], level_set=quant.level_set)
         for name, layer in state.params.items()
-    }
-    # The same network with float weights: the kernels from the codes.
-    plain_quant = T.QuantConfig(
-        bits=quant.bits,
-        k=quant.k,
-        quantize="activations",
-        recipe=quant.recipe,
-        weight_k=quant.weight_k,
-        learn_activation_alpha=quant.learn_activation_alpha,
-    )
-    plain = T.MLP(hidden=model.hidden, quant=plain_quant, quantize_input=model.quantize_input)
-    # the activations' learnt alphas (if any) stay as they are
-    params = {
-        name: {
-            **{key: value for key, value in state.params[name].items() if key == "input_quant"},
-            "kernel": X.dequantize_kernel(e),
-            "bias": jnp.asarray(e.bias),
-        }
-        for name, e in exported.items()
-    }
+        if "alpha" in layer.get("weight_quant", {})
+    }  # fmt: skip
+    # The same network with the paper weights' fake quant off: their kernels from the codes.
+    plain = D.make_model(model_name, quant, quantize_input=model.quantize_input, codes=True, **sizes)
+    params = {}
+    for name, layer in state.params.items():
+        if name in exported:
+            e = exported[name]
+            # the activations' learnt alphas (if any) stay as they are
+            params[name] = {**{key: val for key, val in layer.items() if key == "input_quant"},
+                            "kernel": X.dequantize_kernel(e), "bias": jnp.asarray(e.bias)}  # fmt: skip
+        else:
+            params[name] = layer
     plain_state = state.replace(params=params)
     logits_codes = np.asarray(T.make_eval_fn(plain)(plain_state, jnp.asarray(x_te)))
     logits_fq = np.asarray(eval_fn(state, jnp.asarray(x_te)))
     float_bytes = 4 * sum(int(np.prod(layer["kernel"].shape)) for layer in state.params.values())
+    edge = [layer for name, layer in state.params.items() if name not in exported]
     code_bytes = sum(e.code_bytes() for e in exported.values())
-    scale_bytes = sum(4 * (e.alpha.size + e.gamma.size + e.scale.size) for e in exported.values())
+    code_bytes += sum(int(np.prod(layer["kernel"].shape)) * (quant.first_last_bits or 32) // 8 for layer in edge)
+    scale_bytes = sum(4 * (e.alpha.size + e.gamma.size + e.scale.size) for e in exported.values()) + 4 * len(edge)
     return {
         "variant": variant["variant"],
         "bits": quant.bits,
+        "first_last_bits": quant.first_last_bits,
         "code_bytes": code_bytes,
         "scale_bytes": scale_bytes,
         "quantized_bytes": code_bytes + scale_bytes,
@@ -503,7 +565,7 @@ def _plot(out: str, rows: list[dict[str, Any]], signed_weights: bool) -> None:
     fig.savefig(os.path.join(out, "learning_curves.png"), dpi=120)
     plt.close(fig)
 
-    quantized = [r for r in rows if r["bits"] is not None]
+    quantized = [r for r in rows if r["bits"] is not None and r["recipe"] == "prototype"]
     fig, axes = plt.subplots(len(quantized) or 1, 1, figsize=(9, 1.6 * max(1, len(quantized))), squeeze=False)
     for ax, r in zip(axes[:, 0], quantized):
         table = level_table(r["bits"], r["k"], False)
@@ -516,3 +578,6 @@ def _plot(out: str, rows: list[dict[str, Any]], signed_weights: bool) -> None:
     fig.tight_layout()
     fig.savefig(os.path.join(out, "levels.png"), dpi=120)
     plt.close(fig)
+
+
+__all__ = ["add_arguments", "run"]

@@ -1,7 +1,8 @@
-"""QAT training library: checkpoint resume, data-parallel training, calibration.
+"""QAT training library (``apot_jax.train``): checkpoint resume, data-parallel
+training, calibration, the linen and NNX steps.
 
-Small MLPs on a slice of the digits data keep every test to a few seconds
-(most of it compilation).
+Small MLPs (the digits job's, ``apot_cli.digits``) on a slice of the digits
+data keep every test to a few seconds (most of it compilation).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from apot_cli import digits as D
 from apot_jax import train as T
 
 BATCH = 64
@@ -20,47 +22,21 @@ BATCH = 64
 
 @pytest.fixture(scope="module")
 def digits():
-    return T.load_digits_split()
+    return D.load_digits_split()
 
 
-def _model(**quant) -> T.MLP:
-    config = T.QuantConfig(bits=4, k=2, **quant)
-    return T.MLP(hidden=(32,), quant=config, quantize_input=True)
+def _model(**quant) -> D.MLP:
+    config = D.QuantConfig(bits=4, k=2, **quant)
+    return D.MLP(hidden=(32,), quant=config, quantize_input=True)
 
 
 def _batches(digits, n: int, epoch: int = 0):
     x_tr, y_tr = digits[0], digits[1]
     out = []
     while len(out) < n:
-        out += list(T.epoch_batches(x_tr, y_tr, BATCH, seed=0, epoch=epoch))
+        out += list(D.epoch_batches(x_tr, y_tr, BATCH, seed=0, epoch=epoch))
         epoch += 1
     return [(jnp.asarray(x), jnp.asarray(y)) for x, y in out[:n]]
-
-
-def test_digits_split_is_fixed_and_stratified(digits):
-    x_tr, y_tr, x_te, y_te = digits
-    assert x_tr.shape == (1347, 64) and x_te.shape == (450, 64)
-    assert x_tr.dtype == np.float32 and y_tr.dtype == np.int32
-    assert x_tr.min() == 0.0 and x_tr.max() == 1.0
-    assert set(np.unique(y_te)) == set(range(10)) and np.bincount(y_te).min() >= 40
-    again = T.load_digits_split()
-    np.testing.assert_array_equal(again[0], x_tr)
-    np.testing.assert_array_equal(again[3], y_te)
-
-
-def test_quant_config_selects_the_fake_quants():
-    x = jnp.zeros((2, 64))
-    for quantize, expected in (
-        ("weights", {"weight_quant"}),
-        ("activations", {"input_quant"}),
-        ("both", {"weight_quant", "input_quant"}),
-    ):
-        # eval_shape: only the variable tree is needed, not an eager init.
-        variables = jax.eval_shape(_model(quantize=quantize).init, jax.random.key(0), x)
-        assert set(variables["quant_stats"]["dense0"]) == expected
-    assert "quant_stats" not in jax.eval_shape(T.MLP(hidden=(8,)).init, jax.random.key(0), x)
-    with pytest.raises(ValueError, match="quantize"):
-        T.QuantConfig(bits=4, quantize="all")
 
 
 def test_checkpoint_resume_gives_the_same_next_step(digits, tmp_path):
@@ -184,7 +160,7 @@ def test_qat_training_learns(digits):
     eval_fn = T.make_eval_fn(model)
     before = T.accuracy(eval_fn, T.calibrate(model, state, [x_tr]), x_te, y_te)
     for epoch in range(4):
-        for x, y in T.epoch_batches(x_tr, y_tr, BATCH, 0, epoch):
+        for x, y in D.epoch_batches(x_tr, y_tr, BATCH, 0, epoch):
             state, metrics = step(state, jnp.asarray(x), jnp.asarray(y))
     after = T.accuracy(eval_fn, state, x_te, y_te)
     assert before < 0.3 and after > 0.8, (before, after)
@@ -222,3 +198,44 @@ def test_train_step_is_the_sgd_rule_of_the_loss(digits):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(got, jax.tree_util.tree_leaves(state.params))]
     assert min(moved) > 0  # every parameter moved
+
+
+def test_nnx_train_step_is_the_sgd_rule_and_updates_the_observers(digits):
+    """``make_nnx_train_step`` on an NNX model of ``NNXAPoTDense`` layers equals,
+    bit for bit, ``p - lr * g`` of the gradient of the mean cross-entropy
+    (``nnx.grad`` written out here on a copy), and keeps the observers'
+    ``QuantStat`` updates of the same forward."""
+    from flax import nnx
+
+    from apot_jax.layers import NNXAPoTDense
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.dense0 = NNXAPoTDense(64, 16, b=4, k=2, signed_weights=True, rngs=rngs)
+            self.dense1 = NNXAPoTDense(16, 10, b=4, k=2, signed_weights=True, rngs=rngs)
+
+        def __call__(self, x):
+            return self.dense1(jax.nn.relu(self.dense0(x)))
+
+    lr = 0.05
+    (x, y), = _batches(digits, 1)
+    model = Net(nnx.Rngs(0))
+    reference = nnx.clone(model)
+    optimizer = nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
+    metrics = T.make_nnx_train_step()(model, optimizer, x, y)
+
+    def loss_fn(m):
+        return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+    loss, grads = nnx.jit(nnx.value_and_grad(loss_fn))(reference)
+    assert np.asarray(metrics["loss"]).tobytes() == np.asarray(loss).tobytes()
+    want = jax.tree_util.tree_map(lambda p, g: p + (-lr) * g, nnx.state(reference, nnx.Param), grads)
+    got = nnx.state(model, nnx.Param)
+    leaves = list(zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)))
+    assert len(leaves) == 4
+    for a, b in leaves:
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    # the observers saw the batch: the input range of the first layer is the pixels'
+    stats = model.dense0.input_quant
+    assert float(stats.max_val[...]) == float(np.max(x)) and float(stats.min_val[...]) == float(np.min(x))
+    assert float(model.dense1.input_quant.max_val[...]) > 0

@@ -276,7 +276,7 @@ def test_module_casts_keep_statistics_and_qparams_float32(cast):
 
 
 def test_bit_width_ranges_of_every_config():
-    from apot_jax import train as T
+    from apot_cli import digits as T
     from apot_jax.fake_quantize_module import UniformFakeQuantize, uniform_quantizer
 
     for kw, match in ((dict(bits=0), "bits must be None or an integer >= 1, got 0"), (dict(bits=4.0), "got 4.0"),
@@ -443,9 +443,10 @@ def saved_checkpoint(tmp_path_factory):
     import jax
     import optax
 
+    from apot_cli import digits as D
     from apot_jax import train as T
 
-    model = T.MLP(hidden=(8,), quant=T.QuantConfig(bits=4, k=2))
+    model = D.MLP(hidden=(8,), quant=D.QuantConfig(bits=4, k=2))
     state = T.init_state(model, optax.adam(1e-3), jax.random.key(0), jnp.zeros((2, 64)))
     path = tmp_path_factory.mktemp("ckpt") / "saved"
     T.save_checkpoint(path, state)
@@ -508,10 +509,10 @@ def test_damaged_checkpoint_names_the_damaged_file(saved_checkpoint, tmp_path, r
                                          (["--recipe", "paper", "--paper-bits", "40"], "--paper-bits: 40"),
                                          (["--plot"], "--plot: needs --out")])  # fmt: skip
 def test_qat_cli_refuses_each_bad_argument_before_any_work(argv, named, capsys, monkeypatch):
+    from apot_cli import digits as D
     from apot_cli.main import main
-    from apot_jax import train as T
 
-    monkeypatch.setattr(T, "load_digits_split", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(D, "load_digits_split", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(SystemExit) as info:
         main(["qat", "--no-progress", *argv])
     assert info.value.code == 2
@@ -522,10 +523,10 @@ def test_qat_cli_refuses_each_bad_argument_before_any_work(argv, named, capsys, 
 def test_qat_cli_refuses_an_unwritable_out(tmp_path, capsys, monkeypatch):
     import os
 
+    from apot_cli import digits as D
     from apot_cli.main import main
-    from apot_jax import train as T
 
-    monkeypatch.setattr(T, "load_digits_split", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(D, "load_digits_split", lambda *a, **k: pytest.fail("work started"))
     a_file = tmp_path / "file"
     a_file.write_text("")
     locked = tmp_path / "locked"
