@@ -452,6 +452,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for r in rows[1:]:
         recipe = "" if r["recipe"] == "prototype" else f" ({r['recipe']} recipe)"
+        recipe += " (qwix)" if r["variant"].startswith("qwix") else ""
         print(f"  {r['bits']}-bit{recipe}: {100 * (r['test_accuracy'] - float_acc):+.2f} points vs float")
     if export is not None:
         print(
