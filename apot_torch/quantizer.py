@@ -103,13 +103,15 @@ def _lookup(x: Tensor, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor
     if torch.compiler.is_compiling():
         n = quantization_levels.shape[0]
         if n <= SELECT_CHAIN_MAX_LEVELS:
-            theta = _levels.thresholds(quantization_levels, alpha)
+            # realized: else Inductor inlines the thresholds' pointwise tail
+            # into the per-element loop (see _realize)
+            theta = torch.ops.apot.realize(_levels.thresholds(quantization_levels, alpha))
             nan = torch.tensor(nan_value, dtype=values.dtype, device=values.device)
-            values = torch.where(torch.isnan(gamma), nan, values)
             out = values[0].expand(x.shape)
             for j in range(n - 1):
                 out = torch.where(x > theta[j], values[j + 1], out)
-            return torch.where(torch.isnan(x), nan, out)
+            # unobserved qparams (NaN gamma): every element gets nan_value
+            return torch.where(torch.isnan(x) | torch.isnan(gamma), nan, out)
         if not values.requires_grad:
             # the tables are small: traced (and fused) in the caller's graph
             theta = _levels.thresholds(quantization_levels, alpha)
@@ -200,6 +202,27 @@ def _grid_or_search(
 @_grid_or_search.register_fake
 def _(x, theta, values, nan, ok, origin, scale, top, threshold, below, above):
     return x.new_empty(x.shape, dtype=values.dtype)
+
+
+@torch.library.custom_op("apot::realize", mutates_args=())
+def _realize(t: Tensor) -> Tensor:
+    """A copy of ``t``, as an operator that Inductor cannot see into.
+
+    The select chain reads the thresholds as scalars. Traced as plain ops,
+    Inductor fuses their pointwise tail (order key to float, clipping to
+    alpha, subnormals; about 20 scalar operations per threshold) into the
+    per-element loop, where the C++ compiler does not hoist it: it ran once
+    per vector of 8 elements, 16 thresholds at b=4, and made the compiled
+    b=4 forward slower than torch's uniform fake quant
+    (``benchmarks/bench_torch.py``). Behind this operator the thresholds are
+    one small kernel, computed once, and the loop only loads them.
+    """
+    return t.clone()
+
+
+@_realize.register_fake
+def _(t):
+    return torch.empty_like(t)
 
 
 #: Elements per pass of _one_comparison on CPU: its temporaries are then
