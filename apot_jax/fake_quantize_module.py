@@ -48,6 +48,7 @@ from flax.core import FrozenDict
 
 from apot_common.config import (
     APoTConfig,
+    LearnableAPoTConfig,
     QuantizerConfig,
     SignMagnitudeConfig,
     UniformConfig,
@@ -399,12 +400,16 @@ def _learnable_quant(
     module: "LearnableAPoTFakeQuantize | NNXLearnableAPoTFakeQuantize", x: jax.Array, alpha: jax.Array
 ) -> jax.Array:
     """The fake quant of a learnable module (linen or NNX) for its scheme."""
-    if module.scheme == "unsigned":
-        return learnable_fake_quantize(x, alpha, b=module.b, k=module.k, scheme="unsigned", level_set=module.level_set)
-    return paper_weight_quant(
-        x, alpha, b=module.b, k=module.k, normalize=module.normalize, channel_axis=module.channel_axis,
-        level_set=module.level_set,
-    )
+    return _learnable(x, alpha, b=module.b, k=module.k, signed=module.scheme != "unsigned",
+                      normalize=module.normalize, channel_axis=module.channel_axis, level_set=module.level_set)
+
+
+def _learnable(x: jax.Array, alpha: jax.Array, *, b: int, k: int, signed: bool, normalize: bool,
+               channel_axis: int | None, level_set: LevelSet) -> jax.Array:
+    if not signed:
+        return learnable_fake_quantize(x, alpha, b=b, k=k, scheme="unsigned", level_set=level_set)
+    return paper_weight_quant(x, alpha, b=b, k=k, normalize=normalize, channel_axis=channel_axis,
+                              level_set=level_set)
 
 
 def _is_flag_dict(node: Any) -> bool:
@@ -683,6 +688,27 @@ def nnx_from_config(config: QuantizerConfig, *, channels: int | None = None,
     )
 
 
+def observer_quantizer(config: QuantizerConfig) -> Quantizer:
+    """The ``(x, min_val, max_val) -> y`` fake quant of an observed-alpha
+    config (``APoTConfig``, ``SignMagnitudeConfig``, ``UniformConfig``), as
+    the modules run it; ``TypeError`` for a learnable or unknown config."""
+    if isinstance(config, APoTConfig):
+        return apot_quantizer(config.b, config.k, config.signed)
+    if isinstance(config, SignMagnitudeConfig):
+        return sign_magnitude_quantizer(config.b, config.magnitude_k, config.level_set)
+    if isinstance(config, UniformConfig):
+        return uniform_quantizer(config.b, config.signed)
+    raise TypeError(f"observer_quantizer needs an observed-alpha config, got {config!r}")
+
+
+def learnable_quant(config: LearnableAPoTConfig, x: jax.Array, alpha: jax.Array,
+                    channel_axis: int | None) -> jax.Array:
+    """The fake quant of a ``LearnableAPoTConfig`` with the given ``alpha``
+    (``()`` or ``(x.shape[channel_axis],)``), as the learnable modules run it."""
+    return _learnable(x, alpha, b=config.b, k=config.magnitude_k, signed=config.signed,
+                      normalize=config.normalize, channel_axis=channel_axis, level_set=config.level_set)
+
+
 __all__ = [
     "QUANT_STATS",
     "APoTFakeQuantize",
@@ -696,8 +722,10 @@ __all__ = [
     "UniformFakeQuantize",
     "apot_quantizer",
     "fake_quant_step",
+    "learnable_quant",
     "linen_from_config",
     "nnx_from_config",
+    "observer_quantizer",
     "register_quant_stats",
     "set_flags",
     "sign_magnitude_quantizer",

@@ -61,9 +61,9 @@ from flax import nnx
 from jax import lax
 from qwix._src.utils import flax_util
 
-from apot_common.tables import default_magnitude_k, level_table, sign_magnitude_table
+from apot_common.config import APoTConfig, LearnableAPoTConfig, QuantizerConfig, SignMagnitudeConfig, check_config
+from apot_common.tables import default_magnitude_k
 from apot_jax import fake_quantize_module as fqm
-from apot_jax.paper import check_learnable, learnable_fake_quantize, paper_weight_quant
 
 #: Tested range of Qwix (``pyproject.toml``, extra ``apot[qwix]``): the
 #: provider uses ``flax_util`` from Qwix's private tree, which moves between
@@ -128,6 +128,8 @@ class ApotRule(qwix.QuantizationRule):
     act_k: int | None = None
     act_scheme: str = "unsigned"
     act_alpha_init: float = 8.0
+    weight: QuantizerConfig | None = None
+    act: QuantizerConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("weight_qtype", "act_qtype", "tile_size", "act_static_scale"):
@@ -137,18 +139,28 @@ class ApotRule(qwix.QuantizationRule):
         if unknown:
             raise ValueError(f"op_names must be among {_OPS}, got {sorted(unknown)}")
         re.compile(self.module_path)
+        for side in ("weight", "act"):
+            config = getattr(self, side)
+            if config is None:
+                continue
+            check_config(config, side)
+            changed = [f.name for f in dataclasses.fields(self) if f.name.startswith(side + "_")
+                       and getattr(self, f.name) != f.default and not (side == "weight" and f.name == "weight_bits")]
+            if changed:
+                raise ValueError(f"ApotRule: give either {side}= (a config) or the {side}_* fields, "
+                                 f"not both (set: {', '.join(changed)})")
+        if self.weight is not None and self.weight_bits not in (None, 4):
+            raise ValueError("ApotRule: give either weight= (a config) or weight_bits, not both")
         if self.weight_scheme not in WEIGHT_SCHEMES:
             raise ValueError(f"weight_scheme must be one of {WEIGHT_SCHEMES}, got {self.weight_scheme!r}")
         if self.act_scheme not in ACT_SCHEMES:
             raise ValueError(f"act_scheme must be one of {ACT_SCHEMES}, got {self.act_scheme!r}")
-        if self.weight_bits is None and self.act_bits is None:
+        if self.weight_bits is None and self.act_bits is None and self.weight is None and self.act is None:
             raise ValueError("an ApotRule quantizes something: set weight_bits, act_bits or both")
-        if self.weight_scheme != "paper" and self.weight_per_channel:
+        if self.weight is None and self.weight_scheme != "paper" and self.weight_per_channel:
             raise ValueError("weight_per_channel needs weight_scheme='paper' (a learnt alpha per channel)")
-        if self.weight_bits is not None:
-            self.weight_quantizer()  # ValueError for bad bits / k
-        if self.act_bits is not None:
-            self.act_quantizer()
+        self.weight_quantizer()  # ValueError for bad bits / k
+        self.act_quantizer()
 
     def _k(self, bits: int, k: int | None, magnitude: bool) -> int:
         if k is not None:
@@ -157,72 +169,38 @@ class ApotRule(qwix.QuantizationRule):
             raise ValueError(f"bits must be an integer, got {bits!r}")
         return default_magnitude_k(bits) if magnitude else (2 if bits % 2 == 0 else 1)
 
-    def weight_quantizer(self) -> "_OperandQuant":
-        """The weights' fake quant (``ValueError`` for a bad configuration)."""
+    def weight_quantizer(self) -> QuantizerConfig | None:
+        """The weights' typed config: ``weight``, or the one the ``weight_*``
+        fields describe (``None``: float). ``ValueError`` for a bad one."""
+        if self.weight is not None:
+            return self.weight
         scheme, b = self.weight_scheme, self.weight_bits
+        if b is None:
+            return None
         k = self._k(b, self.weight_k, scheme in ("sign-magnitude", "paper"))
         if scheme == "paper":
-            check_learnable(b, k, "sign-magnitude", self.weight_norm, None)
-            return _OperandQuant(scheme, b, k, self.weight_per_channel, self.weight_norm, self.weight_alpha_init)
+            return LearnableAPoTConfig(b=b, k=k, signed=True, normalize=self.weight_norm,
+                                       per_channel=self.weight_per_channel, alpha_init=self.weight_alpha_init)
         if scheme == "sign-magnitude":
-            sign_magnitude_table(b, k)
-        else:
-            level_table(b, k, scheme == "signed")
-        return _OperandQuant(scheme, b, k)
+            return SignMagnitudeConfig(b=b, k=k)
+        return APoTConfig(b=b, k=k, signed=scheme == "signed")
 
-    def act_quantizer(self) -> "_OperandQuant":
-        """The activations' fake quant (``ValueError`` for a bad configuration)."""
+    def act_quantizer(self) -> QuantizerConfig | None:
+        """The activations' typed config: ``act``, or the one the ``act_*``
+        fields describe (``None``: float). ``ValueError`` for a bad one."""
+        if self.act is not None:
+            return self.act
         b = self.act_bits
+        if b is None:
+            return None
         k = self._k(b, self.act_k, False)
-        level_table(b, k, self.act_scheme == "signed")
         if self.act_scheme == "paper":
-            return _OperandQuant("paper-act", b, k, alpha_init=self.act_alpha_init)
-        return _OperandQuant(self.act_scheme, b, k)
+            return LearnableAPoTConfig(b=b, k=k, signed=False, normalize=False, alpha_init=self.act_alpha_init)
+        return APoTConfig(b=b, k=k, signed=self.act_scheme == "signed")
 
 
-@dataclasses.dataclass(frozen=True)
-class _OperandQuant:
-    """One operand's fake quant, resolved from a rule (static)."""
-
-    scheme: str  # a WEIGHT_SCHEMES entry, "paper-act" for learnt activation alpha
-    b: int
-    k: int
-    per_channel: bool = False
-    normalize: bool = False
-    alpha_init: float = 0.0
-
-    @property
-    def learnable(self) -> bool:
-        return self.scheme in ("paper", "paper-act")
-
-    def observer_quantizer(self) -> fqm.Quantizer:
-        if self.scheme == "sign-magnitude":
-            return fqm.sign_magnitude_quantizer(self.b, self.k)
-        return fqm.apot_quantizer(self.b, self.k, self.scheme == "signed")
-
-    def nnx_module(self, channels: int | None, channel_axis: int | None) -> nnx.Module:
-        """The NNX submodule holding this operand's state."""
-        if self.scheme == "sign-magnitude":
-            return fqm.NNXSignMagnitudeFakeQuantize(self.b, self.k)
-        if self.scheme == "paper":
-            return fqm.NNXLearnableAPoTFakeQuantize(
-                self.b,
-                self.k,
-                normalize=self.normalize,
-                channel_axis=channel_axis,
-                channels=channels,
-                alpha_init=self.alpha_init,
-            )
-        if self.scheme == "paper-act":
-            return fqm.NNXLearnableAPoTFakeQuantize(
-                self.b, self.k, normalize=False, alpha_init=self.alpha_init, scheme="unsigned"
-            )
-        return fqm.NNXAPoTFakeQuantize(self.b, self.k, self.scheme == "signed")
-
-    def learnable_quant(self, x: jax.Array, alpha: jax.Array, channel_axis: int | None) -> jax.Array:
-        if self.scheme == "paper-act":
-            return learnable_fake_quantize(x, alpha, b=self.b, k=self.k, scheme="unsigned")
-        return paper_weight_quant(x, alpha, b=self.b, k=self.k, normalize=self.normalize, channel_axis=channel_axis)
+def _per_channel(config: QuantizerConfig) -> bool:
+    return isinstance(config, LearnableAPoTConfig) and config.per_channel
 
 
 def _check_operand(op: str, x: Any) -> None:
@@ -232,25 +210,25 @@ def _check_operand(op: str, x: Any) -> None:
 
 
 def _same_config(existing: nnx.Module, wanted: nnx.Module) -> bool:
-    keys = ("b", "k", "signed", "normalize", "channel_axis", "scheme")
+    keys = ("b", "k", "signed", "normalize", "channel_axis", "scheme", "level_set")
     return type(existing) is type(wanted) and all(
         getattr(existing, key, None) == getattr(wanted, key, None) for key in keys
     )
 
 
-def _fake_quant(name: str, x: jax.Array, quant: _OperandQuant, channel_axis: int | None) -> jax.Array:
+def _fake_quant(name: str, x: jax.Array, quant: QuantizerConfig, channel_axis: int | None) -> jax.Array:
     """Fake-quantize one operand of the current module, with its state ``name``."""
     module = flax_util.get_current_module()
     update = flax_util.should_update_quant_stats()
     if isinstance(module, nn.Module):
         scope = module.scope
-        if quant.learnable:
+        if isinstance(quant, LearnableAPoTConfig):
             shape = (x.shape[channel_axis],) if channel_axis is not None else ()
             init = quant.alpha_init
             params = scope.param(name, lambda _: {"alpha": jnp.full(shape, init, jnp.float32)})
             if jnp.shape(params["alpha"]) != shape:
                 raise ValueError(f"params {name}/alpha has shape {jnp.shape(params['alpha'])}, this rule needs {shape}")
-            return quant.learnable_quant(x, params["alpha"], channel_axis)
+            return fqm.learnable_quant(quant, x, params["alpha"], channel_axis)
         var = scope.variable(fqm.QUANT_STATS, name, fqm._init_stats)
         stats = var.value
         if set(stats) != set(fqm.STAT_NAMES):
@@ -261,7 +239,7 @@ def _fake_quant(name: str, x: jax.Array, quant: _OperandQuant, channel_axis: int
             stats["max_val"],
             stats["observer_enabled"],
             stats["fake_quant_enabled"],
-            quant.observer_quantizer(),
+            fqm.observer_quantizer(quant),
         )
         if update:
             var.value = {**stats, "min_val": new_min, "max_val": new_max}
@@ -269,14 +247,14 @@ def _fake_quant(name: str, x: jax.Array, quant: _OperandQuant, channel_axis: int
 
     channels = x.shape[channel_axis] if channel_axis is not None else None
     sub = getattr(module, name, None)
-    wanted = quant.nnx_module(channels, channel_axis)
+    wanted = fqm.nnx_from_config(quant, channels=channels, channel_axis=channel_axis)
     if sub is None:
         sub = wanted
         setattr(module, name, sub)
     elif not _same_config(sub, wanted):
         raise ValueError(f"{name} of {type(module).__name__} holds the state of another configuration: {sub}")
-    if quant.learnable:
-        return quant.learnable_quant(x, sub.alpha[...], channel_axis)
+    if isinstance(quant, LearnableAPoTConfig):
+        return fqm.learnable_quant(quant, x, sub.alpha[...], channel_axis)
     return sub.step(x, update=update)
 
 
@@ -337,14 +315,13 @@ class ApotQatProvider(qwix.QuantizationProvider):
             raise ValueError(f"ApotQatProvider: both operands of {op} ({op_id}) are params")
         out = []
         for side, x, is_weight in zip(("lhs", "rhs"), operands, weights):
-            bits = rule.weight_bits if is_weight else rule.act_bits
-            if bits is None:
+            quant = rule.weight_quantizer() if is_weight else rule.act_quantizer()
+            if quant is None:
                 out.append(x)
                 continue
             _check_operand(op, x)
-            quant = rule.weight_quantizer() if is_weight else rule.act_quantizer()
             index = 0 if side == "lhs" else 1
-            axis = channel_axis(index) if quant.per_channel else None
+            axis = channel_axis(index) if _per_channel(quant) else None
             out.append(_fake_quant(f"{op_id}_{side}", x, quant, axis))
         return out[0], out[1]
 

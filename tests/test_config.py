@@ -192,3 +192,43 @@ def test_torch_state_dict_records_the_level_set():
     other = apot_torch.from_config(SignMagnitudeConfig(b=4))
     with pytest.raises(RuntimeError, match="level_set"):
         other.load_state_dict(paper.state_dict())
+
+
+def test_qwix_rule_takes_configs():
+    """``ApotRule(weight=..., act=...)``: the provider quantizes an unmodified
+    nnx.Linear exactly as an apot layer built from the same configs."""
+    qwix = pytest.importorskip("qwix", reason="the Qwix provider needs the apot[qwix] extra")
+    from apot_jax.qwix import ApotQatProvider, ApotRule
+
+    w_cfg = SignMagnitudeConfig(b=4, level_set="paper")
+    a_cfg = APoTConfig(b=4, k=2)
+    x = jnp.abs(jax.random.normal(jax.random.key(2), (8, 6)))
+    plain = nnx.Linear(6, 5, rngs=nnx.Rngs(0))
+    layer = NNXAPoTDense(6, 5, weight_quant=w_cfg, input_quant=a_cfg, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(plain.kernel[...]), np.asarray(layer.kernel[...]))
+    qm = qwix.quantize_model(plain, ApotQatProvider([ApotRule(weight=w_cfg, act=a_cfg)]), x)
+    np.testing.assert_array_equal(np.asarray(qm(x)), np.asarray(layer(x)))
+    with pytest.raises(ValueError, match="either weight="):
+        ApotRule(weight=w_cfg, weight_scheme="paper")
+    with pytest.raises(TypeError, match="act must be one of"):
+        ApotRule(act="unsigned")
+
+
+def test_qwix_rule_takes_configs_linen():
+    """The linen path of the provider (quant_stats collection) with configs."""
+    qwix = pytest.importorskip("qwix", reason="the Qwix provider needs the apot[qwix] extra")
+    import flax.linen as nn
+
+    from apot_jax.qwix import ApotQatProvider, ApotRule
+
+    w_cfg = SignMagnitudeConfig(b=4, level_set="paper")
+    a_cfg = APoTConfig(b=4, k=2)
+    x = jnp.abs(jax.random.normal(jax.random.key(2), (8, 6)))
+    qm = qwix.quantize_model(nn.Dense(5), ApotQatProvider([ApotRule(weight=w_cfg, act=a_cfg)]))
+    q_vars = qm.init(jax.random.key(0), x)
+    y_q, _ = qm.apply(q_vars, x, mutable=["quant_stats"])
+    layer = APoTDense(5, weight_quant=w_cfg, input_quant=a_cfg)
+    l_vars = layer.init(jax.random.key(1), x)
+    l_vars = {**l_vars, "params": q_vars["params"]}
+    y_l, _ = layer.apply(l_vars, x, mutable=["quant_stats"])
+    np.testing.assert_array_equal(np.asarray(y_q), np.asarray(y_l))

@@ -459,7 +459,7 @@ def test_linen_transformer_block_einsum_path():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(weight_bits=0), "b must be >= 1"),
+        (dict(weight_bits=0), "b must be an integer >= 1"),
         (dict(weight_bits=4, weight_k=3), "multiple of k"),
         (dict(weight_bits=4, weight_scheme="nf4"), "weight_scheme"),
         (dict(weight_bits=None, act_bits=4, act_scheme="sign-magnitude"), "act_scheme"),
