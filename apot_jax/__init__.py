@@ -1,5 +1,6 @@
 """APoT (Additive Powers-of-Two) quantization for JAX, bit-exact to ``apot_torch``."""
 
+from apot_common.config import APoTConfig, LearnableAPoTConfig, SignMagnitudeConfig, UniformConfig
 from apot_jax.fake_quantize_function import fake_quantize, ste_mask
 from apot_jax.observer import (
     APoTQParams,
@@ -17,7 +18,6 @@ from apot_jax.paper import (
     paper_weight_quant,
     sign_magnitude_qparams,
 )
-from apot_common.config import APoTConfig, LearnableAPoTConfig, SignMagnitudeConfig, UniformConfig
 from apot_jax.quantizer import NAN_CODE, dequantize, quant_dequant, quantize
 
 __all__ = [

@@ -19,11 +19,11 @@ ways. The ``NNX*`` names in ``apot_jax`` are the same classes.
 (1.0, True)
 """
 
-from apot_jax.fake_quantize_module import QuantStat, set_flags
 from apot_jax.fake_quantize_module import NNXAPoTFakeQuantize as APoTFakeQuantize
 from apot_jax.fake_quantize_module import NNXLearnableAPoTFakeQuantize as LearnableAPoTFakeQuantize
 from apot_jax.fake_quantize_module import NNXSignMagnitudeFakeQuantize as SignMagnitudeFakeQuantize
 from apot_jax.fake_quantize_module import NNXUniformFakeQuantize as UniformFakeQuantize
+from apot_jax.fake_quantize_module import QuantStat, set_flags
 from apot_jax.layers import NNXAPoTConv as APoTConv
 from apot_jax.layers import NNXAPoTDense as APoTDense
 

@@ -41,7 +41,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from apot_common.tables import LEVEL_SETS, LevelSet, check_level_set, fit_alpha_grid, sign_magnitude_table, unsigned_table
+from apot_common.tables import (
+    LEVEL_SETS,
+    LevelSet,
+    check_level_set,
+    fit_alpha_grid,
+    sign_magnitude_table,
+    unsigned_table,
+)
 from apot_jax import levels as _levels
 from apot_jax.fake_quantize_function import ste_mask
 from apot_jax.observer import APoTQParams, _as_float32

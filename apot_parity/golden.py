@@ -448,7 +448,7 @@ def _generate_qparams(torch_binding) -> dict[str, np.ndarray]:
             arrays[key].append(np.asarray(value, _F32))
     out = {key: np.stack(v) for key, v in arrays.items()}
     lv_min, lv_max, lv_alpha, lv_gamma, lv_levels = [], [], [], [], []
-    for i, (b, k, s) in enumerate(LEVEL_CONFIGS):
+    for b, k, s in LEVEL_CONFIGS:
         mn, mx = qparams_stats(LEVEL_STATS, _seed(23, b, k, s))
         qp = torch_binding.qparams(mn, mx, b, k, s)
         lv_min.append(mn)

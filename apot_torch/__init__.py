@@ -1,5 +1,6 @@
 """The installable torch reference of PyTorch's APoT prototype, fixed and vectorised."""
 
+from apot_common.config import APoTConfig, LearnableAPoTConfig, SignMagnitudeConfig, UniformConfig
 from apot_torch.export import (
     ExportedWeight,
     conv_from_codes,
@@ -8,14 +9,13 @@ from apot_torch.export import (
     linear_from_codes,
     shift_add_matmul,
 )
-from apot_common.config import APoTConfig, LearnableAPoTConfig, SignMagnitudeConfig, UniformConfig
+from apot_torch.fake_quantize_function import fake_quantize_function, ste_mask
 from apot_torch.fake_quantize_module import (
     APoTFakeQuantize,
     LearnableAPoTFakeQuantize,
     SignMagnitudeFakeQuantize,
     from_config,
 )
-from apot_torch.fake_quantize_function import fake_quantize_function, ste_mask
 from apot_torch.linear import LinearAPoT
 from apot_torch.observer import APoTObserver, calculate_qparams, observe, observed_alpha
 from apot_torch.paper import (

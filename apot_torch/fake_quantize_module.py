@@ -25,8 +25,8 @@ from apot_common.config import (
     check_config,
 )
 from apot_common.tables import LevelSet, level_table, sign_magnitude_table
-from apot_torch.fake_quantize_function import fake_quantize_function
 from apot_torch import levels as _levels
+from apot_torch.fake_quantize_function import fake_quantize_function
 from apot_torch.observer import APoTObserver, ConfigInStateDict, Float32State, observed_alpha
 from apot_torch.paper import (
     check_learnable,

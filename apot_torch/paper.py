@@ -16,7 +16,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from apot_common.tables import LEVEL_SETS, LevelSet, check_level_set, fit_alpha_grid, sign_magnitude_table, unsigned_table
+from apot_common.tables import (
+    LEVEL_SETS,
+    LevelSet,
+    check_level_set,
+    fit_alpha_grid,
+    sign_magnitude_table,
+    unsigned_table,
+)
 from apot_torch import levels as _levels
 from apot_torch.fake_quantize_function import ste_mask
 from apot_torch.quantizer import APoTQuantizer, _lookup, as_float32

@@ -13,11 +13,11 @@ the prototype's quantizer class.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor
 from torch.ao.quantization.fake_quantize import FakeQuantizeBase
-
-import copy
 
 from apot_torch.torchao import APoTFakeQuantizeConfig, FrozenAPoTActivation, _CodesWeight
 

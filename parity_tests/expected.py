@@ -17,9 +17,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from apot_parity import golden
-from apot_parity import Elementwise, QParams
 from apot_common.tables import level_table
+from apot_parity import Elementwise, QParams, golden
 from tests.reference import adversarial_inputs, reference_qparams, reference_quantize, round_rational_to_float32
 
 F32 = np.float32

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity_tests import expected
 from apot_parity import compare_elementwise, compare_qparams
+from parity_tests import expected
 
 
 @pytest.mark.parametrize("config", expected.CONFIGS, ids=expected.config_id)

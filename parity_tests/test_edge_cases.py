@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 
 from apot_common.tables import level_table
-from parity_tests import expected
 from apot_parity import (
     Elementwise,
     QParams,
@@ -38,6 +37,7 @@ from apot_parity import (
     make_binding,
     numpy_dtype,
 )
+from parity_tests import expected
 
 F32 = np.float32
 TINY = np.finfo(F32).tiny

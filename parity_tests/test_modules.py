@@ -9,18 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apot_parity import golden
-from apot_parity import compare, compare_state, numpy_dtype
+from apot_parity import compare, compare_state, golden, numpy_dtype
 
 jax = pytest.importorskip("jax", reason="module parity needs jax")
 torch = pytest.importorskip("torch", reason="module parity needs torch")
 import jax.numpy as jnp  # noqa: E402
 
+import apot_jax as aj  # noqa: E402
 import apot_jax.fake_quantize_module as jfq  # noqa: E402
 import apot_torch.fake_quantize_module as tfq  # noqa: E402
 import apot_torch.linear as tlin  # noqa: E402
-
-import apot_jax as aj  # noqa: E402
 
 CONFIGS = [(4, 2, False), (8, 2, False), (4, 2, True), (6, 3, False)]
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apot_parity import golden
+from apot_parity import compare_state, golden
 from parity_tests import expected
-from apot_parity import compare_state
 
 STREAMS = golden.observer_streams() + [
     # both signs of zero (and subnormals) as the extreme: observed as +0.0

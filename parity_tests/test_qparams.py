@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apot_parity import golden
 from apot_common.tables import level_table
+from apot_parity import QParams, compare_qparams, golden
 from parity_tests import expected
-from apot_parity import QParams, compare_qparams
 
 GAMMA_STATS = 4096
 

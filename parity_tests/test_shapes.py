@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from apot_parity import golden
+from apot_parity import compare_elementwise, golden, numpy_dtype
 from parity_tests import expected
-from apot_parity import compare_elementwise, numpy_dtype
 
 SHAPES = [(), (0,), (3, 5, 7), (2, 1, 64)]
 

@@ -32,15 +32,14 @@ from apot_parity import golden
 torch = pytest.importorskip("torch", reason="training parity needs torch")
 nn_torch = torch.nn
 jax = pytest.importorskip("jax", reason="training parity needs jax")
-import jax.numpy as jnp  # noqa: E402
-
-import apot_jax.fake_quantize_module as jfq  # noqa: E402
-import apot_torch.qconfig as tqc  # noqa: E402
 import flax.linen as nn  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 import apot_jax as aj  # noqa: E402
+import apot_jax.fake_quantize_module as jfq  # noqa: E402
 import apot_torch as at  # noqa: E402
+import apot_torch.qconfig as tqc  # noqa: E402
 
 B, K = 4, 2
 SIZES = (8, 16, 4)

@@ -20,7 +20,6 @@ import pytest
 import torch
 
 import apot_jax.export as jexport
-import apot_jax.paper as jpaper
 import apot_torch as at
 import apot_torch.export as texport
 import apot_torch.paper as tpaper
