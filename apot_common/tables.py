@@ -301,7 +301,8 @@ def paper_terms(b: int, additive: bool = True) -> tuple[list[Fraction], list[Fra
         if b not in _PAPER_ADDITIVE_EXPONENTS:
             raise ValueError(
                 f"the paper's additive level sets (build_power_value(B, additive=True)) exist for B in "
-                f"{PAPER_ADDITIVE_BITS[0]}..{PAPER_ADDITIVE_BITS[-1]}, got B={b} (its code builds {{0}} / 0 = NaN there)"
+                f"{PAPER_ADDITIVE_BITS[0]}..{PAPER_ADDITIVE_BITS[-1]}, got B={b} "
+                f"(its code builds {{0}} / 0 = NaN there)"
             )
         exponents = _PAPER_ADDITIVE_EXPONENTS[b]
     else:

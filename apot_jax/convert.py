@@ -195,7 +195,9 @@ def flax_to_torch_state_dict(
     max_val = _to_numpy(quant_stats_vars["max_val"]).astype(np.float32).reshape(())
     qparams = _qparams_numpy(min_val, max_val, b, k, signed, sign_magnitude)
     arrays = {
-        "fake_quant_enabled": np.asarray([int(_to_numpy(quant_stats_vars["fake_quant_enabled"]).reshape(-1)[0])], np.uint8),
+        "fake_quant_enabled": np.asarray(
+            [int(_to_numpy(quant_stats_vars["fake_quant_enabled"]).reshape(-1)[0])], np.uint8
+        ),
         "observer_enabled": np.asarray([int(_to_numpy(quant_stats_vars["observer_enabled"]).reshape(-1)[0])], np.uint8),
         **qparams,
         "activation_post_process.min_val": min_val,

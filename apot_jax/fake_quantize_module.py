@@ -252,7 +252,10 @@ class _LinenFakeQuantBase(nn.Module):
             are not its own (see :func:`check_stats`), naming the entry.
         """
         if not self.is_initializing() and any(self.has_variable(QUANT_STATS, name) for name in STAT_NAMES):
-            check_stats(dict(self.variables.get(QUANT_STATS, {})), f"quant_stats of {'/'.join(self.path) or type(self).__name__}")
+            check_stats(
+                dict(self.variables.get(QUANT_STATS, {})),
+                f"quant_stats of {'/'.join(self.path) or type(self).__name__}",
+            )
         init = _init_stats()
         v = {name: self.variable(QUANT_STATS, name, lambda n=name: init[n]) for name in STAT_NAMES}
         y, new_min, new_max = fake_quant_step(
@@ -386,7 +389,8 @@ class LearnableAPoTFakeQuantize(nn.Module):
     level_set: LevelSet = "apot"
 
     def __post_init__(self) -> None:
-        check_learnable(self.b, self.k, self.scheme, self.normalize, self.channel_axis, self.level_set)  # ValueError now
+        # ValueError now
+        check_learnable(self.b, self.k, self.scheme, self.normalize, self.channel_axis, self.level_set)
         super().__post_init__()
 
     @nn.compact
@@ -612,8 +616,10 @@ class NNXLearnableAPoTFakeQuantize(nnx.Module):
         alpha = self.alpha[...]
         expected = () if self.channel_axis is None else (x.shape[self.channel_axis],)
         if jnp.shape(alpha) != expected:
-            raise ValueError(f"{type(self).__name__}.alpha has shape {jnp.shape(alpha)}, expected {expected} "
-                             f"({'per tensor' if self.channel_axis is None else f'one per entry of axis {self.channel_axis}'})")
+            raise ValueError(
+                f"{type(self).__name__}.alpha has shape {jnp.shape(alpha)}, expected {expected} "
+                f"({'per tensor' if self.channel_axis is None else f'one per entry of axis {self.channel_axis}'})"
+            )
         return _learnable_quant(self, x, alpha)
 
 

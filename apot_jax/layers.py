@@ -130,7 +130,9 @@ def _layer_configs(layer) -> tuple[QuantizerConfig | None, QuantizerConfig | Non
     )
 
 
-def _linen_quantized_operands(layer: "APoTDense | APoTConv", x: jax.Array, kernel: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _linen_quantized_operands(
+    layer: "APoTDense | APoTConv", x: jax.Array, kernel: jax.Array
+) -> tuple[jax.Array, jax.Array]:
     """``(x, kernel)`` through the layer's fake quants (submodules
     ``input_quant`` / ``weight_quant`` of ``layer``, from its compact call).
     Kernels end with the output axis, so a per-channel alpha is on axis -1."""

@@ -134,7 +134,9 @@ class ApotRule(qwix.QuantizationRule):
     def __post_init__(self) -> None:
         for name in ("weight_qtype", "act_qtype", "tile_size", "act_static_scale"):
             if getattr(self, name) is not None:
-                raise ValueError(f"ApotRule quantizes with APoT levels: leave {name} unset (got {getattr(self, name)!r})")
+                raise ValueError(
+                    f"ApotRule quantizes with APoT levels: leave {name} unset (got {getattr(self, name)!r})"
+                )
         unknown = set(self.op_names) - set(_OPS)
         if unknown:
             raise ValueError(f"op_names must be among {_OPS}, got {sorted(unknown)}")
@@ -206,7 +208,9 @@ def _per_channel(config: QuantizerConfig) -> bool:
 def _check_operand(op: str, x: Any) -> None:
     dtype = jnp.result_type(x)
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"ApotQatProvider: {op} operand of dtype {dtype} cannot be fake-quantized (needs a float dtype)")
+        raise TypeError(
+            f"ApotQatProvider: {op} operand of dtype {dtype} cannot be fake-quantized (needs a float dtype)"
+        )
 
 
 def _same_config(existing: nnx.Module, wanted: nnx.Module) -> bool:

@@ -179,7 +179,9 @@ class APoTFakeQuantize(_ObservedFakeQuantize):
     def _check_loaded(self, state_dict, prefix) -> list[str]:
         """Qparams of another table: level_indices, levels or gamma that this
         ``(b, k, signed)`` cannot produce (unobserved NaN qparams pass)."""
-        entries = {name: state_dict.get(prefix + name) for name in ("alpha", "gamma", "quantization_levels", "level_indices")}
+        entries = {
+            name: state_dict.get(prefix + name) for name in ("alpha", "gamma", "quantization_levels", "level_indices")
+        }
         mine = {"alpha": self.alpha, "gamma": self.gamma, "quantization_levels": self.quantization_levels,
                 "level_indices": self.level_indices}  # fmt: skip
         if any(v is None or tuple(v.shape) != tuple(mine[k].shape) for k, v in entries.items()):
@@ -199,7 +201,9 @@ class APoTFakeQuantize(_ObservedFakeQuantize):
             if not _same_bits(gamma, expected_gamma):
                 problems.append(f"{prefix}gamma: {gamma.item()!r} is not alpha / p_sum = {expected_gamma.item()!r} "
                                 f"for {config} (a state_dict of another configuration?)")  # fmt: skip
-            elif not _same_bits(entries["quantization_levels"].detach().cpu().to(torch.float32), _levels.levels(gamma, table)):
+            elif not _same_bits(
+                entries["quantization_levels"].detach().cpu().to(torch.float32), _levels.levels(gamma, table)
+            ):
                 problems.append(f"{prefix}quantization_levels: not gamma times the level table for {config} "
                                 "(a state_dict of another configuration?)")  # fmt: skip
         return problems

@@ -109,14 +109,18 @@ class ConfigInStateDict:
         if metadata is not None:
             metadata.setdefault(prefix[:-1], {})[CONFIG_METADATA_KEY] = self._apot_config()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         if self.__dict__.pop("_apot_refused_by_parent", False):
             return  # the parent refused the state dict: load nothing here either
         problems = []
         saved, mine = (local_metadata or {}).get(CONFIG_METADATA_KEY), self._apot_config()
         if saved is not None and saved != mine:
             keys = sorted(set(saved) | set(mine))
-            diff = ", ".join(f"{k}={saved.get(k)!r} (this module: {mine.get(k)!r})" for k in keys if saved.get(k) != mine.get(k))
+            diff = ", ".join(
+                f"{k}={saved.get(k)!r} (this module: {mine.get(k)!r})" for k in keys if saved.get(k) != mine.get(k)
+            )
             problems.append(f"{prefix[:-1] or type(self).__name__}: state_dict saved for another configuration: {diff}")
         for name, current in (*self._buffers.items(), *self._parameters.items()):
             if current is not None and prefix + name in state_dict:
@@ -129,9 +133,12 @@ class ConfigInStateDict:
             error_msgs.extend(problems)  # and leave this module's (and its apot children's) buffers as they are
             for child in self.children():
                 if isinstance(child, ConfigInStateDict):
-                    object.__setattr__(child, "_apot_refused_by_parent", True)  # read (and cleared) as torch loads it next
+                    # read (and cleared) as torch loads it next
+                    object.__setattr__(child, "_apot_refused_by_parent", True)
             return
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def _check_loaded(self, state_dict, prefix) -> list[str]:
         """Messages for entries inconsistent with this configuration."""

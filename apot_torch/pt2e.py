@@ -107,7 +107,9 @@ class APoTQuantizer(Quantizer):
             x, w = node.args[0], node.args[1]
             _check_weight(node, w, self.weight)
             channels = int(w.meta["val"].shape[0])
-            spec = {w: QuantizationSpec(torch.int8, PT2EAPoTFakeQuantize.with_args(config=self.weight, channels=channels))}
+            spec = {
+                w: QuantizationSpec(torch.int8, PT2EAPoTFakeQuantize.with_args(config=self.weight, channels=channels))
+            }
             if self.activation is not None:
                 spec[x] = QuantizationSpec(torch.uint8, PT2EAPoTFakeQuantize.with_args(config=self.activation))
             node.meta["quantization_annotation"] = QuantizationAnnotation(input_qspec_map=spec, _annotated=True)
@@ -154,7 +156,9 @@ def convert(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         graph.erase_node(node)
         model.delete_submodule(node.target)
     if not found:
-        raise ValueError("the graph has no APoT fake quant: prepare it with prepare_qat_pt2e(model, APoTQuantizer(...))")
+        raise ValueError(
+            "the graph has no APoT fake quant: prepare it with prepare_qat_pt2e(model, APoTQuantizer(...))"
+        )
     graph.eliminate_dead_code()
     used = {n.target for n in graph.nodes if n.op == "get_attr"}
     for param_name, _ in list(model.named_parameters()):

@@ -104,7 +104,9 @@ apot_sign_magnitude_qconfig_2bit = QConfig(
 # k = 1 for 2 bits: ternary), learnable alpha, weight normalization; APoT
 # activations of the same bits (k = 1 at 3 bits, k = 2 at 2 bits) with a
 # learnable alpha too, starting at 8.0.
-_paper_activation = LearnableAPoTFakeQuantize.with_args(scheme="unsigned", normalize=False, alpha_init=8.0, dtype=torch.quint8)
+_paper_activation = LearnableAPoTFakeQuantize.with_args(
+    scheme="unsigned", normalize=False, alpha_init=8.0, dtype=torch.quint8
+)
 apot_paper_qconfig_3bit = QConfig(
     activation=_paper_activation.with_args(b=3, k=1),
     weight=LearnableAPoTFakeQuantize.with_args(b=3, k=2),

@@ -117,7 +117,9 @@ class APoTFakeQuantizeConfig:
         if isinstance(init, bool) or not isinstance(init, (int, float)) or not math.isfinite(init) or init <= 0:
             raise ValueError(f"alpha_init must be a finite number > 0, got {init!r}")
         if self.alpha == "learnable" and self.scheme == "signed":
-            raise ValueError("alpha='learnable' takes scheme 'unsigned' or 'sign-magnitude', not the prototype's 'signed'")
+            raise ValueError(
+                "alpha='learnable' takes scheme 'unsigned' or 'sign-magnitude', not the prototype's 'signed'"
+            )
         learnable_sign_magnitude = self.alpha == "learnable" and self.scheme == "sign-magnitude"
         for name in ("normalize", "per_channel"):
             if getattr(self, name) and not learnable_sign_magnitude:
@@ -387,7 +389,9 @@ class _CodesWeight(nn.Module):
             if bool(torch.isnan(fake_quant.alpha)):
                 raise ValueError(f"{where}: the weight's fake quant has observed nothing yet; run the model once first")
             qparams = [t.detach().clone() for t in (fake_quant.alpha, fake_quant.gamma)]
-            qparams += [fake_quant.quantization_levels.detach().float().clone(), fake_quant.level_indices.detach().clone()]
+            qparams += [
+                fake_quant.quantization_levels.detach().float().clone(), fake_quant.level_indices.detach().clone()
+            ]
             codes = APoTQuantizer(*qparams).quantize(weight).int_repr()
             if bool((codes < 0).any()):
                 raise ValueError(f"{where}: the weight has NaN, which has no code")
@@ -502,7 +506,9 @@ def _convert(module: nn.Module) -> nn.Module:
         raise ValueError(f"{where} is already converted")
     if not _is_prepared(module):
         if isinstance(module, FakeQuantizedLinear):
-            raise ValueError(f"{where} was prepared by torchao's QATConfig, not APoTQATConfig: convert it with QATConfig")
+            raise ValueError(
+                f"{where} was prepared by torchao's QATConfig, not APoTQATConfig: convert it with QATConfig"
+            )
         raise ValueError(
             f"{where} is not prepared: run quantize_(model, APoTQATConfig(weight=..., step='prepare')) and train "
             "before step='convert' (or leave the layer out with filter_fn)"

@@ -59,8 +59,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
     x = jax.random.normal(jax.random.key(0), (args.size,), jnp.float32)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {args.size} float32 elements, median of {args.repeats}")
-    print(f"{'b':>2} {'k':>2}  {'apot fwd':>9} {'unif fwd':>9} {'ratio':>6}  {'apot f+b':>9} {'unif f+b':>9} {'ratio':>6}")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, {args.size} float32 elements, "
+        f"median of {args.repeats}"
+    )
+    print(
+        f"{'b':>2} {'k':>2}  {'apot fwd':>9} {'unif fwd':>9} {'ratio':>6}  "
+        f"{'apot f+b':>9} {'unif f+b':>9} {'ratio':>6}"
+    )
     for b in (4, 8):
         qp = aj.calculate_qparams(-3.0, 3.0, b=b, k=2)
         qmax = jnp.float32(2 ** (b - 1) - 1)

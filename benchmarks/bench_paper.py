@@ -90,7 +90,9 @@ def main() -> None:
 
     def jax_fns(alpha: jax.Array, axis: int | None) -> tuple[Callable[[], object], Callable[[], object]]:
         fwd = jax.jit(lambda v, a: jpaper.paper_weight_quant(v, a, b=b, k=k, channel_axis=axis))
-        grad = jax.jit(jax.grad(lambda v, a: jnp.sum(jpaper.paper_weight_quant(v, a, b=b, k=k, channel_axis=axis)), (0, 1)))
+        grad = jax.jit(
+            jax.grad(lambda v, a: jnp.sum(jpaper.paper_weight_quant(v, a, b=b, k=k, channel_axis=axis)), (0, 1))
+        )
         return (lambda: fwd(w_j, alpha).block_until_ready()), (lambda: jax.block_until_ready(grad(w_j, alpha)))
 
     jf_t, jg_t = jax_fns(jnp.float32(2.0), None)
@@ -101,7 +103,9 @@ def main() -> None:
         "torch quant_dequant per channel (batched)": lambda: tpaper.quant_dequant(w, qp_c, channel_axis=0),
         "torch quant_dequant per channel (loop, before)": lambda: torch_loop_per_channel(w, qp_c),
         "torch paper_weight_quant fwd per tensor": lambda: tpaper.paper_weight_quant(w, alpha_t, b=b, k=k),
-        "torch paper_weight_quant fwd per channel": lambda: tpaper.paper_weight_quant(w, alpha_c, b=b, k=k, channel_axis=0),
+        "torch paper_weight_quant fwd per channel": lambda: tpaper.paper_weight_quant(
+            w, alpha_c, b=b, k=k, channel_axis=0
+        ),
         "torch paper_weight_quant fwd+bwd per tensor": torch_fwd_bwd(alpha_t, None),
         "torch paper_weight_quant fwd+bwd per channel": torch_fwd_bwd(alpha_c, 0),
         "jax paper_weight_quant fwd per tensor": jf_t,
@@ -111,7 +115,8 @@ def main() -> None:
     }
     results = median_ms(fns, args.repeats)
     print(f"paper recipe weight fake quant, ({args.rows}, {args.cols}) float32, b={b} k={k}, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), jax {jax.__version__} ({jax.default_backend()})")
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"jax {jax.__version__} ({jax.default_backend()})")
     width = max(map(len, results))
     for name, ms in results.items():
         print(f"  {name.ljust(width)}  {ms:9.3f} ms")

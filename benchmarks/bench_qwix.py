@@ -96,7 +96,10 @@ def main() -> None:
             jax.block_until_ready(loss)
             samples[name].append((time.perf_counter() - t) / args.steps)
     base = float(np.median(samples["float"]))
-    print(f"{'variant':20s} {'step (ms)':>10s} {'ratio':>6s}   ({jax.devices()[0].platform}, median of {args.rounds} rounds)")
+    print(
+        f"{'variant':20s} {'step (ms)':>10s} {'ratio':>6s}   "
+        f"({jax.devices()[0].platform}, median of {args.rounds} rounds)"
+    )
     for name, s in samples.items():
         med = float(np.median(s))
         print(f"{name:20s} {1e3 * med:10.3f} {med / base:6.2f}")

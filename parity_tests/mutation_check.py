@@ -89,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n in names:
         if n == "none":
-            args = sorted({a for m in (opts.mutations or MUTATIONS) if m != "none" for a in TARGETS[m] if a.endswith(".py")})
+            args = sorted(
+                {a for m in (opts.mutations or MUTATIONS) if m != "none" for a in TARGETS[m] if a.endswith(".py")}
+            )
             args += ["--backends=jax-cpu,torch-cpu"]
         else:
             args = TARGETS[n]

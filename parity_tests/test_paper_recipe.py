@@ -57,7 +57,10 @@ def test_sign_magnitude_forward_codes_and_alpha_gradient(jax_backend, torch_back
             qp = jpaper.sign_magnitude_qparams(a, b=b, k=k)
             y, vjp = jax.vjp(lambda v, s: jpaper.learnable_fake_quantize(v, s, b=b, k=k), x, a)
             dx, da = vjp(dy)
-            return qp.gamma, qp.quantization_levels, jpaper.quantize(x, qp), y, dx, da, jpaper.alpha_grad_elements(x, a, y)
+            return (
+                qp.gamma, qp.quantization_levels, jpaper.quantize(x, qp),
+                y, dx, da, jpaper.alpha_grad_elements(x, a, y)
+            )
 
         with jax.default_device(jax_backend.device):
             jg, jl, jc, jy, jdx, jda, jel = run(
@@ -162,7 +165,9 @@ def test_per_channel_paper_weight_quant(jax_backend, torch_backend, config, norm
 
     @jax.jit
     def run(w, a, dy):
-        y, vjp = jax.vjp(lambda v, s: jpaper.paper_weight_quant(v, s, b=b, k=k, normalize=normalize, channel_axis=-1), w, a)
+        y, vjp = jax.vjp(
+            lambda v, s: jpaper.paper_weight_quant(v, s, b=b, k=k, normalize=normalize, channel_axis=-1), w, a
+        )
         return (y,) + vjp(dy) + jpaper.normalize_weight(w, channel_axis=-1)
 
     with jax.default_device(jax_backend.device):
@@ -197,7 +202,9 @@ def test_modules_and_export(jax_backend, torch_backend, parity):
             variables["params"], kernel_j
         )
         jq = jax.jit(j_mod.apply)(variables, kernel_j)
-        exported_j = jexport.export_kernel(kernel_j, variables["params"]["alpha"], b=3, k=2, per_channel=True, bias=bias)
+        exported_j = jexport.export_kernel(
+            kernel_j, variables["params"]["alpha"], b=3, k=2, per_channel=True, bias=bias
+        )
         dequant_j = jexport.dequantize_kernel(exported_j)
     wt = tb.to_torch(kernel.T.copy())
     yt = t_mod(wt)
@@ -382,7 +389,11 @@ def test_paper_level_set_activations(jax_backend, torch_backend, b, level_set, p
     with jax.default_device(jax_backend.device):
         ja = jpaper.fit_alpha(jax.device_put(data, jax_backend.device), b=b, k=1, level_set=level_set)
     ta = tpaper.fit_alpha(tb.to_torch(data), b=b, k=1, level_set=level_set)
-    parity.record(f"{jax_backend.name}~{tb.name}", f"{level_set} fit_alpha b={b}", [compare("fit_alpha", np.asarray(ja), tb.to_numpy(ta))])
+    parity.record(
+        f"{jax_backend.name}~{tb.name}",
+        f"{level_set} fit_alpha b={b}",
+        [compare("fit_alpha", np.asarray(ja), tb.to_numpy(ta))],
+    )
 
 
 @pytest.mark.parametrize("per_channel", [False, True])

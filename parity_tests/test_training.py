@@ -118,7 +118,9 @@ def _torch_run(xs, labels):
         step_codes = {}
         for i in (1, 2):
             fq = modules[f"fc{i}.weight_fake_quant"]
-            step_codes[i] = at.quantize_APoT(modules[f"fc{i}"].weight.detach(), *fq.calculate_qparams()).int_repr().numpy()
+            step_codes[i] = (
+                at.quantize_APoT(modules[f"fc{i}"].weight.detach(), *fq.calculate_qparams()).int_repr().numpy()
+            )
         opt.step()
         losses.append(loss.item())
         stats.append(step_stats)

@@ -291,13 +291,17 @@ def test_dense_quantizes_kernel_and_input(weight_quant, input_quant):
     if weight_quant == "apot":
         kq = ref_fake_quant(kernel, kernel.min(), kernel.max(), 4, 2, True)
     elif weight_quant == "uniform":
-        kq, _ = UniformFakeQuantize(4, True).apply({"quant_stats": variables["quant_stats"]["weight_quant"]}, kernel, mutable=True)
+        kq, _ = UniformFakeQuantize(4, True).apply(
+            {"quant_stats": variables["quant_stats"]["weight_quant"]}, kernel, mutable=True
+        )
     else:
         kq = kernel
     if input_quant == "apot":
         xq = ref_fake_quant(x, x.min(), x.max(), 4, 2, False)
     elif input_quant == "uniform":
-        xq, _ = UniformFakeQuantize(4, False).apply({"quant_stats": variables["quant_stats"]["input_quant"]}, x, mutable=True)
+        xq, _ = UniformFakeQuantize(4, False).apply(
+            {"quant_stats": variables["quant_stats"]["input_quant"]}, x, mutable=True
+        )
     else:
         xq = np.asarray(x)
     expected = np.asarray(xq, np.float64) @ np.asarray(kq, np.float64) + np.arange(7) / 10
@@ -313,7 +317,9 @@ def test_nnx_dense_and_conv_match_linen_bitwise():
     x = jnp.abs(sample(17, (3, 6, 6, 2)))
     linen_conv = APoTConv(4, (3, 3), strides=2, weight_quant="apot", input_quant="uniform", signed_weights=True)
     variables = linen_conv.init(jax.random.key(2), x)
-    nnx_conv = NNXAPoTConv(2, 4, (3, 3), strides=2, weight_quant="apot", input_quant="uniform", signed_weights=True, rngs=nnx.Rngs(0))
+    nnx_conv = NNXAPoTConv(
+        2, 4, (3, 3), strides=2, weight_quant="apot", input_quant="uniform", signed_weights=True, rngs=nnx.Rngs(0)
+    )
     nnx_conv.kernel[...] = variables["params"]["kernel"]
     nnx_conv.bias[...] = jnp.linspace(-1, 1, 4, dtype=jnp.float32)
     variables = {**variables, "params": {**variables["params"], "bias": nnx_conv.bias[...]}}
@@ -324,7 +330,11 @@ def test_nnx_dense_and_conv_match_linen_bitwise():
     # Against a float convolution of the reference-quantized kernel.
     kernel = np.asarray(variables["params"]["kernel"])
     kq = ref_fake_quant(kernel, kernel.min(), kernel.max(), 4, 2, True)
-    xq = np.asarray(UniformFakeQuantize(4, False).apply({"quant_stats": variables["quant_stats"]["input_quant"]}, x, mutable=True)[0])
+    xq = np.asarray(
+        UniformFakeQuantize(4, False).apply(
+            {"quant_stats": variables["quant_stats"]["input_quant"]}, x, mutable=True
+        )[0]
+    )
     ref = lax.conv_general_dilated(
         jnp.asarray(xq, jnp.float32), jnp.asarray(kq), (2, 2), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
         precision=lax.Precision.HIGHEST,
@@ -398,10 +408,15 @@ def test_unobserved_state_converts_to_a_fresh_torch_modules_buffers():
     assert back["min_val"] == np.inf and back["observer_enabled"] == 1
 
 
-_HAS_TORCH_FQ = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("apot_torch.fake_quantize_module") is not None
+_HAS_TORCH_FQ = (
+    importlib.util.find_spec("torch") is not None
+    and importlib.util.find_spec("apot_torch.fake_quantize_module") is not None
+)
 
 
-@pytest.mark.skipif(not _HAS_TORCH_FQ, reason="apot_torch.fake_quantize_module (torch APoTFakeQuantize) is not available")
+@pytest.mark.skipif(
+    not _HAS_TORCH_FQ, reason="apot_torch.fake_quantize_module (torch APoTFakeQuantize) is not available"
+)
 @pytest.mark.parametrize("signed", [False, True])
 def test_round_trip_with_the_torch_module_bitwise(signed):
     import torch
@@ -413,7 +428,9 @@ def test_round_trip_with_the_torch_module_bitwise(signed):
     stats0 = APoTFakeQuantize(4, 2, signed).init(jax.random.key(0), jnp.zeros(3))["quant_stats"]
     for key, value in flax_to_torch_state_dict(stats0, 4, 2, signed).items():
         assert value.dtype == untouched[key].dtype and value.shape == untouched[key].shape, key
-        np.testing.assert_array_equal(np.atleast_1d(value.numpy()).view(np.uint8), np.atleast_1d(untouched[key].numpy()).view(np.uint8))
+        np.testing.assert_array_equal(
+            np.atleast_1d(value.numpy()).view(np.uint8), np.atleast_1d(untouched[key].numpy()).view(np.uint8)
+        )
 
     torch_fq = TorchAPoTFakeQuantize(b=4, k=2, signed=signed)
     calib = np.random.default_rng(20).normal(size=(8, 16)).astype(np.float32) * 1.7
@@ -436,11 +453,15 @@ def test_round_trip_with_the_torch_module_bitwise(signed):
     fresh.load_state_dict(flax_to_torch_state_dict(stats, 4, 2, signed))
     for key, value in fresh.state_dict().items():
         assert value.dtype == sd[key].dtype and value.shape == sd[key].shape, key
-        np.testing.assert_array_equal(np.atleast_1d(value.numpy()).view(np.uint8), np.atleast_1d(sd[key].numpy()).view(np.uint8))
+        np.testing.assert_array_equal(
+            np.atleast_1d(value.numpy()).view(np.uint8), np.atleast_1d(sd[key].numpy()).view(np.uint8)
+        )
     np.testing.assert_array_equal(bits(fresh(torch.from_numpy(x)).detach().numpy()), bits(y_flax))
 
 
-@pytest.mark.skipif(not _HAS_TORCH_FQ, reason="apot_torch.fake_quantize_module (torch SignMagnitudeFakeQuantize) is not available")
+@pytest.mark.skipif(
+    not _HAS_TORCH_FQ, reason="apot_torch.fake_quantize_module (torch SignMagnitudeFakeQuantize) is not available"
+)
 def test_sign_magnitude_state_round_trip_with_the_torch_module():
     import torch
 
@@ -455,7 +476,9 @@ def test_sign_magnitude_state_round_trip_with_the_torch_module():
     assert tuple(sd0) == SIGN_MAGNITUDE_TORCH_KEYS == tuple(fresh)
     for key, value in sd0.items():  # nothing observed: a fresh module's buffers
         assert value.dtype == fresh[key].dtype and value.shape == fresh[key].shape, key
-        np.testing.assert_array_equal(np.atleast_1d(value.numpy()).view(np.uint8), np.atleast_1d(fresh[key].numpy()).view(np.uint8))
+        np.testing.assert_array_equal(
+            np.atleast_1d(value.numpy()).view(np.uint8), np.atleast_1d(fresh[key].numpy()).view(np.uint8)
+        )
 
     x = np.random.default_rng(21).normal(size=(8, 16)).astype(np.float32)
     _, upd = linen.apply({"quant_stats": stats0}, x, mutable=["quant_stats"])

@@ -21,7 +21,11 @@ X = jnp.linspace(-1.0, 2.0, 12, dtype=jnp.float32).reshape(4, 3)
 
 def same_bits(a, b):
     a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))
+    return (
+        a.shape == b.shape
+        and a.dtype == b.dtype
+        and np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))
+    )
 
 
 def test_same_names_in_both_namespaces_and_old_aliases():
@@ -75,7 +79,9 @@ def test_bridge_nnx_to_linen_gives_the_quant_stats_collection():
     wrapped = bridge.ToLinen(anx.APoTDense, args=(3, 2), kwargs=dict(b=4, k=2))
     variables = wrapped.init(jax.random.key(0), X)
     assert set(variables) == {"params", "quant_stats"}
-    assert set(variables["quant_stats"]["weight_quant"]) == {"min_val", "max_val", "observer_enabled", "fake_quant_enabled"}
+    assert set(variables["quant_stats"]["weight_quant"]) == {
+        "min_val", "max_val", "observer_enabled", "fake_quant_enabled"
+    }
     y, updates = wrapped.apply(variables, X, mutable=["quant_stats"])
     native = anx.APoTDense(3, 2, b=4, k=2, rngs=nnx.Rngs(1))
     native.kernel[...] = variables["params"]["kernel"]

@@ -149,7 +149,9 @@ def test_known_values():
     assert paper_level_table(3).values == tuple(Fraction(n, 10) for n in (0, 1, 2, 3, 4, 6, 8, 10))
     # build_power_value(4) is the prototype's unsigned (4, 2) table (numerics 3's worked example)
     apot = unsigned_table(4, 2, "apot")
-    np.testing.assert_array_equal(paper_level_table(4).base_sum, apot.base_sum[apot.level_indices] / np.float32(apot.p_sum))
+    np.testing.assert_array_equal(
+        paper_level_table(4).base_sum, apot.base_sum[apot.level_indices] / np.float32(apot.p_sum)
+    )
     assert paper_level_table(2).values == (0, Fraction(1, 4), Fraction(1, 2), 1)
     assert paper_level_table(1, additive=False).values == (0, 1)
 
@@ -263,7 +265,9 @@ def test_weights_bitwise_and_reference(b, level_set):
     x = _inputs(b, 513, alpha)
     x[8:10] = [-np.inf, 0.5 * alpha]
     # levels, midpoints and their float32 neighbours: the near ties
-    x = np.concatenate([x, adversarial_inputs(np.float32(alpha), levels, np.random.default_rng(b), 200)]).astype(np.float32)
+    x = np.concatenate(
+        [x, adversarial_inputs(np.float32(alpha), levels, np.random.default_rng(b), 200)]
+    ).astype(np.float32)
     dy = np.random.default_rng(100 + b).normal(size=x.shape).astype(np.float32)
 
     @jax.jit
@@ -272,7 +276,9 @@ def test_weights_bitwise_and_reference(b, level_set):
         y, vjp = jax.vjp(lambda v, s: jpaper.learnable_fake_quantize(v, s, b=b, k=1, level_set=level_set), x, a)
         dx, da = vjp(dy)
         codes = jpaper.quantize(x, qp)
-        return qp.quantization_levels, codes, jpaper.dequantize(codes, qp), y, dx, da, jpaper.alpha_grad_elements(x, a, y)
+        return (
+            qp.quantization_levels, codes, jpaper.dequantize(codes, qp), y, dx, da, jpaper.alpha_grad_elements(x, a, y)
+        )
 
     jl, jc, jdq, jy, jdx, jda, jel = run(jnp.asarray(x), jnp.float32(alpha), jnp.asarray(dy))
     xt = torch.tensor(x, requires_grad=True)
@@ -286,14 +292,18 @@ def test_weights_bitwise_and_reference(b, level_set):
     _assert_bitwise("dequantize", jdq, tpaper.dequantize(tc, tq).numpy())
     _assert_bitwise("fake_quant", jy, yt.detach().numpy())
     _assert_bitwise("grad_x", jdx, xt.grad.numpy())
-    _assert_bitwise("alpha_grad_elements", jel, tpaper.alpha_grad_elements(xt.detach(), at.detach(), yt.detach()).numpy())
+    _assert_bitwise(
+        "alpha_grad_elements", jel, tpaper.alpha_grad_elements(xt.detach(), at.detach(), yt.detach()).numpy()
+    )
     _assert_bitwise("grad_alpha", jda, at.grad.numpy())
     # reference: levels alpha * value, the contract's first-nearest rule on the symmetric set
     _assert_bitwise("reference levels", jl, levels)
     p = reference_positions(x, np.float32(alpha), levels)
     codes = np.arange(-(len(mags) - 1), len(mags))
     np.testing.assert_array_equal(np.asarray(jc), np.where(p >= 0, codes[np.maximum(p, 0)], -(2 ** (b - 1))))
-    _assert_bitwise("reference fake quant", jy, np.where(p >= 0, levels[np.maximum(p, 0)], np.float32(np.nan)).astype(np.float32))
+    _assert_bitwise(
+        "reference fake quant", jy, np.where(p >= 0, levels[np.maximum(p, 0)], np.float32(np.nan)).astype(np.float32)
+    )
 
 
 @pytest.mark.parametrize("b, level_set", ACT_CONFIGS, ids=lambda v: str(v))
@@ -301,7 +311,9 @@ def test_activations_bitwise_and_reference(b, level_set):
     alpha = 2.7
     levels = _reference_levels(alpha, my_build_power_value(b, level_set == "paper"))
     x = _inputs(20 + b, 401, alpha, lo=-0.4)
-    x = np.concatenate([x, adversarial_inputs(np.float32(alpha), levels, np.random.default_rng(b), 200)]).astype(np.float32)
+    x = np.concatenate(
+        [x, adversarial_inputs(np.float32(alpha), levels, np.random.default_rng(b), 200)]
+    ).astype(np.float32)
     dy = np.random.default_rng(200 + b).normal(size=x.shape).astype(np.float32)
 
     @jax.jit
@@ -322,11 +334,17 @@ def test_activations_bitwise_and_reference(b, level_set):
     np.testing.assert_array_equal(np.asarray(ji), ti.numpy())
     _assert_bitwise("fake_quant", jy, yt.detach().numpy())
     _assert_bitwise("grad_x", jdx, xt.grad.numpy())
-    _assert_bitwise("alpha_grad_elements", jel, tpaper.alpha_grad_elements(xt.detach(), at.detach(), yt.detach(), "unsigned").numpy())
+    _assert_bitwise(
+        "alpha_grad_elements",
+        jel,
+        tpaper.alpha_grad_elements(xt.detach(), at.detach(), yt.detach(), "unsigned").numpy(),
+    )
     _assert_bitwise("grad_alpha", jda, at.grad.numpy())
     _assert_bitwise("reference levels", jl, levels)
     p = reference_positions(x, np.float32(alpha), levels)
-    _assert_bitwise("reference fake quant", jy, np.where(p >= 0, levels[np.maximum(p, 0)], np.float32(np.nan)).astype(np.float32))
+    _assert_bitwise(
+        "reference fake quant", jy, np.where(p >= 0, levels[np.maximum(p, 0)], np.float32(np.nan)).astype(np.float32)
+    )
 
 
 @pytest.mark.parametrize("level_set", ["paper", "paper-pot"])
@@ -356,7 +374,9 @@ def test_per_channel_weights_and_fit_alpha(level_set):
         ta = tpaper.fit_alpha(torch.tensor(data), b=bits, k=1, scheme=scheme, level_set=level_set, candidates=32)
         _assert_bitwise(f"fit_alpha {scheme}", ja, ta.numpy())
     ja = jpaper.fit_alpha(jnp.asarray(kernel), b=5, k=1, scheme="sign-magnitude", channel_axis=-1, level_set=level_set)
-    ta = tpaper.fit_alpha(torch.tensor(kernel.T.copy()), b=5, k=1, scheme="sign-magnitude", channel_axis=0, level_set=level_set)
+    ta = tpaper.fit_alpha(
+        torch.tensor(kernel.T.copy()), b=5, k=1, scheme="sign-magnitude", channel_axis=0, level_set=level_set
+    )
     _assert_bitwise("fit_alpha per channel", ja, ta.numpy())
 
 
@@ -365,7 +385,9 @@ def test_apot_default_unchanged():
     x = _inputs(1, 200, 1.0)
     a = jnp.float32(1.0)
     same = jpaper.learnable_fake_quantize(jnp.asarray(x), a, b=3, k=2)
-    np.testing.assert_array_equal(np.asarray(same), np.asarray(jpaper.learnable_fake_quantize(jnp.asarray(x), a, b=3, k=2, level_set="apot")))
+    np.testing.assert_array_equal(
+        np.asarray(same), np.asarray(jpaper.learnable_fake_quantize(jnp.asarray(x), a, b=3, k=2, level_set="apot"))
+    )
     assert jpaper.sign_magnitude_qparams(a, b=3, k=2).level_set == "apot"
     assert tpaper.sign_magnitude_qparams(torch.tensor(1.0), b=3, k=2).level_set == "apot"
     # the paper's 3-bit weight set differs from apot's (3, 2) one: {0, 1/4, 1/2, 1} vs build_power_value(2)
@@ -381,13 +403,17 @@ def test_export_paper_levels(per_channel):
     rng = np.random.default_rng(9)
     kernel = (rng.normal(size=(16, 3)) * 0.3).astype(np.float32)
     alpha = rng.uniform(0.8, 2.0, 3 if per_channel else ()).astype(np.float32)
-    ej = jexport.export_kernel(jnp.asarray(kernel), jnp.asarray(alpha), b=4, k=1, per_channel=per_channel, level_set="paper")
+    ej = jexport.export_kernel(
+        jnp.asarray(kernel), jnp.asarray(alpha), b=4, k=1, per_channel=per_channel, level_set="paper"
+    )
     et = texport.export_weight(torch.tensor(kernel.T.copy()), torch.tensor(alpha), b=4, k=1, per_channel=per_channel,
                                level_set="paper")
     assert ej.level_set == et.level_set == "paper" and ej.k == et.k == 0 and ej.codes.dtype == np.int8
     np.testing.assert_array_equal(ej.codes, et.codes.numpy().T)
     axis = -1 if per_channel else None
-    fq = jpaper.paper_weight_quant(jnp.asarray(kernel), jnp.asarray(alpha), b=4, k=1, channel_axis=axis, level_set="paper")
+    fq = jpaper.paper_weight_quant(
+        jnp.asarray(kernel), jnp.asarray(alpha), b=4, k=1, channel_axis=axis, level_set="paper"
+    )
     _assert_bitwise("dequantized = fake quant", jexport.dequantize_kernel(ej), fq)
     _assert_bitwise("torch dequantized", jexport.dequantize_kernel(ej), texport.dequantize_weight(et).numpy().T)
     with pytest.raises(ValueError, match="shift-and-add"):

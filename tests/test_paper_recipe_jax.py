@@ -149,7 +149,9 @@ def test_per_channel_equals_per_tensor_on_each_channel():
     y = np.asarray(paper.quant_dequant(w, qp, channel_axis=1))
     codes = np.asarray(paper.quantize(w, qp, channel_axis=1))
     dy = rng.normal(size=w.shape).astype(np.float32)
-    dalpha = jax.jit(jax.grad(lambda a: jnp.sum(paper.learnable_fake_quantize(w, a, b=4, k=3, channel_axis=1) * dy)))(alpha)
+    dalpha = jax.jit(
+        jax.grad(lambda a: jnp.sum(paper.learnable_fake_quantize(w, a, b=4, k=3, channel_axis=1) * dy))
+    )(alpha)
     for c in range(9):
         ref_codes, ref_values = reference_sm_quantize(w[:, c], alpha[c], 4, 3)
         assert np.array_equal(codes[:, c].ravel(), ref_codes)
@@ -258,7 +260,9 @@ def test_observed_sign_magnitude_modules_match_the_reference(b, k):
     assert np.isnan(np.asarray(linen.apply(fresh, jnp.asarray(x)))).all()
     layer = APoTDense(5, b=b, weight_quant="sign-magnitude", input_quant=None, weight_k=k)
     layer_vars = layer.init(jax.random.key(1), first)
-    assert set(layer_vars[QUANT_STATS]["weight_quant"]) == {"min_val", "max_val", "observer_enabled", "fake_quant_enabled"}
+    assert set(layer_vars[QUANT_STATS]["weight_quant"]) == {
+        "min_val", "max_val", "observer_enabled", "fake_quant_enabled"
+    }
     twin = NNXAPoTDense(9, 5, b=b, weight_quant="sign-magnitude", input_quant=None, weight_k=k, rngs=nnx.Rngs(0))
     twin.kernel[...] = layer_vars["params"]["kernel"]
     assert isinstance(twin.weight_quant, NNXSignMagnitudeFakeQuantize)
@@ -357,7 +361,9 @@ def test_learnable_activation_alpha_is_the_reference(b, k):
     with pytest.raises(ValueError, match="scheme"):
         paper.learnable_fake_quantize(jnp.asarray(x), alpha, b=3, k=2, scheme="signed")
     with pytest.raises(ValueError, match="per-channel"):
-        paper.learnable_fake_quantize(jnp.asarray(x).reshape(-1, 1), jnp.ones(1), b=4, k=2, channel_axis=1, scheme="unsigned")
+        paper.learnable_fake_quantize(
+            jnp.asarray(x).reshape(-1, 1), jnp.ones(1), b=4, k=2, channel_axis=1, scheme="unsigned"
+        )
 
 
 FIT_CASES = [(2, 1, "unsigned"), (4, 2, "unsigned"), (2, 1, "sign-magnitude"), (3, 2, "sign-magnitude")]
@@ -436,7 +442,9 @@ def test_layers_learn_the_activation_alpha():
     assert float(grads["input_quant"]["alpha"]) != 0.0
     # the layer's input quant is the unsigned learnable fake quant itself
     quantized = paper.learnable_fake_quantize(x, jnp.float32(1.5), b=4, k=2, scheme="unsigned")
-    kernel = paper.paper_weight_quant(variables["params"]["kernel"], variables["params"]["weight_quant"]["alpha"], b=4, k=1)
+    kernel = paper.paper_weight_quant(
+        variables["params"]["kernel"], variables["params"]["weight_quant"]["alpha"], b=4, k=1
+    )
     expected = jnp.matmul(quantized, kernel) + variables["params"]["bias"]
     assert np.array_equal(bits(layer.apply(variables, x)), bits(expected))
     with pytest.raises(ValueError, match="multiple"):

@@ -60,7 +60,9 @@ def test_ties_and_bad_configurations():
 
 def test_reciprocal_is_correctly_rounded():
     rng = np.random.default_rng(0)
-    alpha = np.concatenate([rng.uniform(0, 8, 3000), np.exp(rng.uniform(-80, 80, 3000)), [1.0, 3.0, 3e38]]).astype(np.float32)
+    alpha = np.concatenate(
+        [rng.uniform(0, 8, 3000), np.exp(rng.uniform(-80, 80, 3000)), [1.0, 3.0, 3e38]]
+    ).astype(np.float32)
     assert np.array_equal(bits(paper.reciprocal(torch.from_numpy(alpha))), bits(reference_reciprocal(alpha)))
 
 

@@ -112,7 +112,8 @@ def test_observer_calculate_qparams_invalid_difference():
         APoTObserver(b=4, k=0)
 
 
-@pytest.mark.parametrize("b, k, signed, size", [(4, 2, False, 16), (6, 2, False, 64), (4, 2, True, 49), (6, 1, False, 64)],
+@pytest.mark.parametrize("b, k, signed, size",
+                         [(4, 2, False, 16), (6, 2, False, 64), (4, 2, True, 49), (6, 1, False, 64)],
                          ids=["2terms", "3terms", "signed", "k1"])
 def test_observer_calculate_qparams(b, k, signed, size):
     """test_calculate_qparams_2terms / _3terms / _signed / _k1, with the
@@ -337,13 +338,17 @@ def test_ported_inventory():
 
 
 @pytest.mark.parametrize("assign", [torch.tensor, lambda v: torch.tensor(v).reshape(()),
-                                    lambda v: torch.tensor(v, dtype=torch.float64), lambda v: torch.tensor(v).reshape(1, 1)],
+                                    lambda v: torch.tensor(v, dtype=torch.float64),
+                                    lambda v: torch.tensor(v).reshape(1, 1)],
                          ids=["1-element", "0-d", "float64", "1x1"])
 def test_one_element_statistics_act_as_scalars(assign):
     """1-element statistics give the 0-d qparams; quantizing with them works
     (it used to raise inside torch.searchsorted)."""
     obs = APoTObserver(b=4, k=2)
-    lo, hi = assign([-0.5]) if assign is torch.tensor else assign(-0.5), assign([1.0]) if assign is torch.tensor else assign(1.0)
+    lo, hi = (
+        assign([-0.5]) if assign is torch.tensor else assign(-0.5),
+        assign([1.0]) if assign is torch.tensor else assign(1.0),
+    )
     obs.min_val, obs.max_val = lo, hi
     assert obs.min_val.shape == () and obs.min_val.dtype == torch.float32
     assert obs.min_val.data_ptr() != lo.data_ptr()
@@ -383,7 +388,9 @@ def test_apot_utils_follow_the_prototype_scan():
     alpha, _, levels, indices = obs.calculate_qparams(signed=False)
     lv = levels.numpy()
     mids = (lv[:-1] + lv[1:]) / 2
-    xs = np.concatenate([lv, mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf), [0.3, 0.99]]).astype(np.float32)
+    xs = np.concatenate(
+        [lv, mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf), [0.3, 0.99]]
+    ).astype(np.float32)
 
     def scan(x):  # the prototype's loop, in float32
         best, best_delta = 0, np.inf

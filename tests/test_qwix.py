@@ -36,7 +36,9 @@ def assert_bitwise(a, b, what):
     a, b = np.asarray(a), np.asarray(b)
     assert a.shape == b.shape, f"{what}: shapes {a.shape} vs {b.shape}"
     assert a.dtype == b.dtype, f"{what}: dtypes {a.dtype} vs {b.dtype}"
-    assert np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)), f"{what}: not bitwise equal\n{a}\n{b}"
+    assert np.array_equal(
+        a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)
+    ), f"{what}: not bitwise equal\n{a}\n{b}"
 
 
 def data(shape, seed=0, classes=10):
@@ -179,14 +181,20 @@ def test_nnx_model_through_provider_equals_apot_layers(arch, scheme):
     if arch == "mlp":
         model, ref, layers, shape = NNXMLP(nnx.Rngs(0)), ApotNNXMLP(scheme, nnx.Rngs(1)), ["l0", "l1"], (8, 12)
     else:
-        model, ref, layers, shape = NNXCNN(nnx.Rngs(0)), ApotNNXCNN(scheme, nnx.Rngs(1)), ["c0", "c1", "head"], (4, 8, 8, 1)
+        model, ref, layers, shape = (
+            NNXCNN(nnx.Rngs(0)), ApotNNXCNN(scheme, nnx.Rngs(1)), ["c0", "c1", "head"], (4, 8, 8, 1)
+        )
     copy_params(model, ref, layers)
     xs, ys = data(shape)
     before = jax.tree.map(np.asarray, nnx.state(model))
     qm = qwix.quantize_model(model, ApotQatProvider(rules_for(scheme, layers[0])), xs[0])
-    jax.tree.map(lambda a, b: assert_bitwise(a, b, "caller's model"), before, jax.tree.map(np.asarray, nnx.state(model)))
+    jax.tree.map(
+        lambda a, b: assert_bitwise(a, b, "caller's model"), before, jax.tree.map(np.asarray, nnx.state(model))
+    )
     if scheme != "paper":  # the quantize_model call created the state but observed nothing
-        assert float(qm.l0.dot_general0_rhs.max_val[...] if arch == "mlp" else qm.c0.conv_general_dilated0_rhs.max_val[...]) == -np.inf
+        assert float(
+            qm.l0.dot_general0_rhs.max_val[...] if arch == "mlp" else qm.c0.conv_general_dilated0_rhs.max_val[...]
+        ) == -np.inf
 
     q_losses, q_grads = train_nnx(qm, xs, ys)
     r_losses, r_grads = train_nnx(ref, xs, ys)
@@ -282,7 +290,9 @@ def linen_pairs(q_params, q_stats, r_params, r_stats, layers, op, scheme):
         sides = [("rhs", "weight_quant")] + ([] if i == 0 else [("lhs", "input_quant")])
         for side, sub in sides:
             if scheme == "paper":
-                out.append((f"{name}/{sub}/alpha", q_params[name][f"{layer_op}_{side}"]["alpha"], r_params[name][sub]["alpha"]))
+                out.append(
+                    (f"{name}/{sub}/alpha", q_params[name][f"{layer_op}_{side}"]["alpha"], r_params[name][sub]["alpha"])
+                )
             else:
                 q, r = q_stats[name][f"{layer_op}_{side}"], r_stats[name][sub]
                 out += [(f"{name}/{sub}/{s}", q[s], r[s]) for s in STATS]
@@ -302,11 +312,17 @@ def test_linen_model_through_provider_equals_apot_layers(arch, scheme):
     r_vars = jax.jit(ref.init)(jax.random.key(1), xs[0])
     r_vars = dict(r_vars)
     r_params = {
-        name: {**r_vars["params"][name], "kernel": q_vars["params"][name]["kernel"], "bias": q_vars["params"][name]["bias"]}
+        name: {
+            **r_vars["params"][name],
+            "kernel": q_vars["params"][name]["kernel"],
+            "bias": q_vars["params"][name]["bias"],
+        }
         for name in layers
     }
     r_vars["params"] = r_params
-    assert all(float(s["max_val"]) == -np.inf for layer in q_vars.get("quant_stats", {}).values() for s in layer.values())
+    assert all(
+        float(s["max_val"]) == -np.inf for layer in q_vars.get("quant_stats", {}).values() for s in layer.values()
+    )
 
     q_losses, q_grads, q_params, q_stats = train_linen(qm, q_vars, xs, ys)
     r_losses, r_grads, r_params, r_stats = train_linen(ref, r_vars, xs, ys)
@@ -346,7 +362,9 @@ class NNXBlock(nnx.Module):
 class LinenBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
-        x = x + nn.MultiHeadDotProductAttention(2, qkv_features=8, dropout_rate=0.1, name="attn")(x, x, deterministic=True)
+        x = x + nn.MultiHeadDotProductAttention(2, qkv_features=8, dropout_rate=0.1, name="attn")(
+            x, x, deterministic=True
+        )
         x = x + nn.relu(nn.Dense(8, name="mlp")(x))
         return nn.Dense(10, name="head")(x.mean(axis=1))
 
@@ -431,7 +449,9 @@ def test_nnx_transformer_block_einsum_path():
             mn, mx = r_stats[f"einsum{n}_{side}"]
             assert_bitwise(sub.min_val[...], mn, f"einsum{n}_{side} min")
             assert_bitwise(sub.max_val[...], mx, f"einsum{n}_{side} max")
-    assert_bitwise(qm.attn.query.dot_general0_rhs.max_val[...], r_stats["['attn']['query']['kernel']"][1], "query kernel max")
+    assert_bitwise(
+        qm.attn.query.dot_general0_rhs.max_val[...], r_stats["['attn']['query']['kernel']"][1], "query kernel max"
+    )
 
 
 def test_linen_transformer_block_einsum_path():

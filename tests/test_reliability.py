@@ -153,7 +153,10 @@ def test_out_of_range_and_nan_codes(framework, bad):
     if framework == "torch":
         deq = texport.dequantize_weight(ex)
         assert torch.isnan(deq[1, 1]) and not torch.isnan(deq[0]).any()
-        fns = (lambda: texport.integer_weights(ex), lambda: texport.shift_add_matmul(torch.ones(1, 3, dtype=torch.int64), ex))
+        fns = (
+            lambda: texport.integer_weights(ex),
+            lambda: texport.shift_add_matmul(torch.ones(1, 3, dtype=torch.int64), ex),
+        )
     else:
         deq = np.asarray(jexport.dequantize_kernel(ex))
         assert np.isnan(deq[1, 1]) and not np.isnan(deq[:, 0]).any()
@@ -247,8 +250,9 @@ def test_module_casts_keep_statistics_and_qparams_float32(cast):
 
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(200, generator=gen) * 1.3 + 0.1234567  # statistics with more than float16's bits
-    modules = [at.APoTFakeQuantize(b=4, k=2), at.APoTFakeQuantize(b=4, k=2, signed=True), SignMagnitudeFakeQuantize(3, 2),
-               LearnableAPoTFakeQuantize(3, 2, alpha_init=1.2345678), at.APoTObserver(4, 2)]  # fmt: skip
+    modules = [at.APoTFakeQuantize(b=4, k=2), at.APoTFakeQuantize(b=4, k=2, signed=True),
+               SignMagnitudeFakeQuantize(3, 2), LearnableAPoTFakeQuantize(3, 2, alpha_init=1.2345678),
+               at.APoTObserver(4, 2)]  # fmt: skip
     for m in modules:
         m(x)
     seq = torch.nn.Sequential(torch.nn.Linear(3, 3), *modules)
@@ -280,7 +284,8 @@ def test_bit_width_ranges_of_every_config():
 
     for kw, match in ((dict(bits=0), "bits must be None or an integer >= 1, got 0"), (dict(bits=4.0), "got 4.0"),
                       (dict(bits=4, k=0), "k must be an integer >= 1, got 0"), (dict(bits=4, k=3), "multiple of k"),
-                      (dict(bits=17, k=1), "limit of 65536"), (dict(bits=17, k=1, scheme="uniform"), "at most 16 bits, got b=17"),
+                      (dict(bits=17, k=1), "limit of 65536"),
+                      (dict(bits=17, k=1, scheme="uniform"), "at most 16 bits, got b=17"),
                       (dict(bits=3, recipe="paper", weight_k=0), "weight_k must be an integer >= 1, got 0"),
                       (dict(bits=1, recipe="paper"), "b >= 2"),
                       (dict(bits=6, k=4, quantize="activations"), "multiple of k")):  # fmt: skip
@@ -305,9 +310,12 @@ def _observed(module, seed=0):
     return module
 
 
-@pytest.mark.parametrize("other, named", [(dict(b=8, k=2), "b=4 (this module: 8)"), (dict(b=4, k=1), "k=2 (this module: 1)"),
-                                          (dict(b=4, k=4), "k=2 (this module: 4)"),
-                                          (dict(b=4, k=2, signed=True), "signed=False (this module: True)")])  # fmt: skip
+@pytest.mark.parametrize("other, named", [
+    (dict(b=8, k=2), "b=4 (this module: 8)"),
+    (dict(b=4, k=1), "k=2 (this module: 1)"),
+    (dict(b=4, k=4), "k=2 (this module: 4)"),
+    (dict(b=4, k=2, signed=True), "signed=False (this module: True)"),
+])  # fmt: skip
 def test_torch_state_dict_of_another_configuration_is_refused(other, named):
     import io
 
@@ -333,7 +341,8 @@ def test_torch_plain_dict_of_another_configuration_is_refused_by_its_qparams(oth
     with pytest.raises(RuntimeError, match="level_indices: not the level order of the table for b=4"):
         at.APoTFakeQuantize(**other).load_state_dict(sd)
     at.APoTFakeQuantize(b=4, k=2).load_state_dict(sd)
-    at.APoTFakeQuantize(**other).load_state_dict(dict(at.APoTFakeQuantize(b=4, k=2).state_dict()))  # unobserved: shapes only
+    # unobserved: shapes only
+    at.APoTFakeQuantize(**other).load_state_dict(dict(at.APoTFakeQuantize(b=4, k=2).state_dict()))
     levels = sd["quantization_levels"].clone()
     levels[3] = levels[4]
     with pytest.raises(RuntimeError, match="quantization_levels: not gamma times the level table"):
@@ -404,10 +413,12 @@ def test_flax_quant_stats_of_another_configuration_are_refused():
     _, updates = module.apply(module.init(jax.random.key(0), x), x, mutable=["quant_stats"])
     stats = dict(updates["quant_stats"])
     module.apply({"quant_stats": stats}, x)
-    for bad, match, error in (({"observer_enabled": jnp.ones((1,), jnp.int32)}, "observer_enabled must be a scalar", ValueError),
-                              ({"min_val": jnp.zeros(4)}, "min_val must be a scalar \\(shape \\(\\)\\), got shape \\(4,\\)", ValueError),
-                              ({"quantization_levels": jnp.zeros(49)}, "unexpected entries \\['quantization_levels'\\]", ValueError),
-                              ({"max_val": jnp.int32(1)}, "max_val must be a real floating scalar", TypeError)):  # fmt: skip
+    for bad, match, error in (
+        ({"observer_enabled": jnp.ones((1,), jnp.int32)}, "observer_enabled must be a scalar", ValueError),
+        ({"min_val": jnp.zeros(4)}, "min_val must be a scalar \\(shape \\(\\)\\), got shape \\(4,\\)", ValueError),
+        ({"quantization_levels": jnp.zeros(49)}, "unexpected entries \\['quantization_levels'\\]", ValueError),
+        ({"max_val": jnp.int32(1)}, "max_val must be a real floating scalar", TypeError),
+    ):  # fmt: skip
         with pytest.raises(error, match="quant_stats of .*" + match):
             module.apply({"quant_stats": {**stats, **bad}}, x)
     with pytest.raises(ValueError, match="missing entries \\['max_val'\\]"):

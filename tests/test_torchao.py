@@ -273,7 +273,8 @@ def test_convert_stores_export_weight_codes(case):
     for i in (0, 2, 5, 7):
         fq = model[i].weight_fake_quantizer
         reference = at.export_weight(
-            model[i].weight, fq.alpha, b=weight.b, k=weight.k, normalize=weight.normalize, per_channel=weight.per_channel
+            model[i].weight, fq.alpha, b=weight.b, k=weight.k,
+            normalize=weight.normalize, per_channel=weight.per_channel
         )
         stored = converted[i].weight_codes.exported
         assert stored.codes.dtype == torch.int8
@@ -420,7 +421,10 @@ def test_torchao_trained_state_converts_to_flax(case):
 
     def flax_variables(i: int) -> dict:
         prefix = f"{i}."
-        params = {"kernel": jnp.asarray(sd[prefix + "weight"].numpy().T), "bias": jnp.asarray(sd[prefix + "bias"].numpy())}
+        params = {
+            "kernel": jnp.asarray(sd[prefix + "weight"].numpy().T),
+            "bias": jnp.asarray(sd[prefix + "bias"].numpy()),
+        }
         variables = {"params": params}
         if weight.alpha == "learnable":
             params["weight_quant"] = {"alpha": jnp.asarray(sd[prefix + "weight_fake_quantizer.alpha"].numpy())}
@@ -450,7 +454,9 @@ def test_torchao_trained_state_converts_to_flax(case):
             out_torch = model[i](torch_x[i]).numpy()
         # the fake-quantized operands: bitwise
         np.testing.assert_array_equal(np.asarray(seen["input_quant"]["__call__"][0]).view(np.int32), xq.view(np.int32))
-        np.testing.assert_array_equal(np.asarray(seen["weight_quant"]["__call__"][0]).view(np.int32), wq.T.view(np.int32))
+        np.testing.assert_array_equal(
+            np.asarray(seen["weight_quant"]["__call__"][0]).view(np.int32), wq.T.view(np.int32)
+        )
         # the output: bitwise the float matmul of those operands (XLA's) plus
         # the bias; torch's MKL matmul may sum in another order, so torch's
         # output agrees to float32 rounding only (docs/numerics.md section 8)
