@@ -54,6 +54,12 @@ def fake_quantize(x: jax.Array, qparams: APoTQParams) -> jax.Array:
 
     Returns:
       Array shaped and typed like ``x``.
+
+    >>> import jax, jax.numpy as jnp, apot_jax as aj
+    >>> qp = aj.calculate_qparams(-1.0, 1.0, b=4, k=2)
+    >>> x = jnp.array([0.3, -0.7, 2.0])
+    >>> aj.fake_quantize(x, qp).tolist(), jax.grad(lambda v: aj.fake_quantize(v, qp).sum())(x).tolist()
+    ([0.3333333432674408, 0.0, 1.0], [1.0, 1.0, 0.0])
     """
     _as_float32(x, "fake_quantize")  # dtype check at trace time
     return _fake_quantize(

@@ -95,6 +95,11 @@ def calculate_qparams(
 
     Raises:
       ValueError: invalid ``(b, k)`` or a table too large (at trace time).
+
+    >>> import apot_jax as aj
+    >>> qp = aj.calculate_qparams(-1.0, 1.0, b=4, k=2)
+    >>> float(qp.alpha), float(qp.gamma), qp.quantization_levels.shape
+    (1.0, 0.6666666865348816, (16,))
     """
     table = level_table(b, k, signed)
     alpha = observed_alpha(min_val, max_val)

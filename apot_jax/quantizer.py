@@ -74,6 +74,12 @@ def quantize(x: jax.Array, qparams: APoTQParams) -> jax.Array:
     Returns:
       int32 array shaped like ``x``: the combination number of the chosen
       level; ``NAN_CODE`` (-1) for NaN input or unobserved qparams.
+
+    >>> import jax.numpy as jnp, apot_jax as aj
+    >>> qp = aj.calculate_qparams(-1.0, 1.0, b=4, k=2)
+    >>> codes = aj.quantize(jnp.array([0.3, -0.7, 2.0, jnp.nan]), qp)   # unsigned: -0.7 -> 0
+    >>> codes.tolist(), aj.dequantize(codes, qp).tolist()
+    ([1, 0, 5, -1], [0.3333333432674408, 0.0, 1.0, nan])
     """
     x = _as_float32(x, "quantize")
     return _lookup(x, qparams, qparams.level_indices.astype(jnp.int32), NAN_CODE)

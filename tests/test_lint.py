@@ -1,0 +1,22 @@
+"""Lint as part of the test command: ruff with the project's configuration
+(pyproject.toml ``[tool.ruff]``) over the whole tree."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_ruff_passes():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.fail("ruff is not installed: it is part of the test extra (pip install -e '.[test]')")
+    out = subprocess.run([ruff, "check", "--output-format", "concise", str(REPO)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
