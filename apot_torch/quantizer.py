@@ -8,6 +8,8 @@ device, never modifies its input and returns the input's dtype.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 from torch import Tensor
 
@@ -131,17 +133,13 @@ def _eager_lookup(
 ) -> Tensor:
     """``_lookup`` outside a traced graph: exact grid or binary search
     (``inductor``: the grid as a fused compiled kernel, else ``_one_comparison``)."""
-    theta = _levels.thresholds(quantization_levels, alpha)
+    theta, grid, use_grid = _rounding_tables(quantization_levels, alpha)
     n = theta.shape[0]
     nan = torch.tensor(nan_value, dtype=values.dtype, device=values.device)
     # Unobserved qparams (NaN gamma): every element gets nan_value, whatever p is.
     values = torch.where(torch.isnan(gamma), nan, values)
 
-    grid = _levels.rounding_grid(theta, quantization_levels, alpha)
-    # With 0 < scale < inf, a cell coordinate is NaN exactly when x is (the
-    # NaN cell of _one_comparison relies on it); alpha = 0 or alpha near the
-    # float32 limits is left to the binary search.
-    if not bool(grid.exact & (grid.scale > 0) & (grid.scale < float("inf"))):
+    if not use_grid:
         out = values[torch.searchsorted(theta, x.contiguous(), right=False).clamp(max=n - 1)]
         return torch.where(torch.isnan(x), nan, out)
 
@@ -151,6 +149,59 @@ def _eager_lookup(
         top = torch.tensor(grid.threshold.shape[0] - 1, dtype=torch.float32, device=x.device)
         return _compiled_grid_lookup()(x.reshape(-1), grid.origin, grid.scale, top, grid.threshold, below, above, nan).view(x.shape)
     return _one_comparison(x, grid, values, nan)
+
+
+#: Rounding tables of the last distinct (levels, alpha) pairs, by their bits
+#: (``_rounding_tables``).
+_TABLE_CACHE: "OrderedDict[tuple, tuple[Tensor, _levels.RoundingGrid, bool]]" = OrderedDict()
+_TABLE_CACHE_SIZE = 32
+
+
+def _rounding_tables(quantization_levels: Tensor, alpha: Tensor) -> tuple[Tensor, _levels.RoundingGrid, bool]:
+    """``(thresholds, rounding grid, whether the grid decides)`` for these
+    qparams; the tables depend on nothing else.
+
+    The 32-step threshold bisection costs milliseconds in eager torch (some
+    500 small ops), as much as rounding 4M elements; the qparams are often
+    the same from call to call (an observer that is off, inference, the same
+    qparams reused). So the tables are kept for the last
+    ``_TABLE_CACHE_SIZE`` distinct pairs, keyed on the bit patterns of the
+    levels and alpha (copied to the host, so a change in place is a new
+    key): a hit returns exactly what the computation would. Traced code
+    (``torch.compile``) computes them in its graph instead.
+    """
+    levels_ = quantization_levels.detach()
+    alpha_ = alpha.detach()
+    if torch.compiler.is_compiling():
+        return _compute_rounding_tables(levels_, alpha_)
+    key = (
+        levels_.device,
+        levels_.dtype,
+        tuple(levels_.shape),
+        levels_.cpu().numpy().tobytes(),
+        alpha_.dtype,
+        tuple(alpha_.shape),
+        alpha_.cpu().numpy().tobytes(),
+    )
+    tables = _TABLE_CACHE.get(key)
+    if tables is None:
+        tables = _compute_rounding_tables(levels_, alpha_)
+        _TABLE_CACHE[key] = tables
+        while len(_TABLE_CACHE) > _TABLE_CACHE_SIZE:
+            _TABLE_CACHE.popitem(last=False)
+    else:
+        _TABLE_CACHE.move_to_end(key)
+    return tables
+
+
+def _compute_rounding_tables(quantization_levels: Tensor, alpha: Tensor) -> tuple[Tensor, _levels.RoundingGrid, bool]:
+    theta = _levels.thresholds(quantization_levels, alpha)
+    grid = _levels.rounding_grid(theta, quantization_levels, alpha)
+    # With 0 < scale < inf, a cell coordinate is NaN exactly when x is (the
+    # NaN cell of _one_comparison relies on it); alpha = 0 or alpha near the
+    # float32 limits is left to the binary search.
+    use_grid = bool(grid.exact & (grid.scale > 0) & (grid.scale < float("inf")))
+    return theta, grid, use_grid
 
 
 def _grid_lookup(

@@ -17,7 +17,15 @@ import torch
 
 import apot_torch as at
 import apot_torch.quantizer as aq
-from tests.test_torch_core import STATS, adversarial_inputs, check_against_reference, qparams, reference_qparams
+from tests.test_torch_core import (
+    STATS,
+    adversarial_inputs,
+    bits,
+    check_against_reference,
+    qparams,
+    reference_qparams,
+    reference_quantize,
+)
 
 CONFIGS = [(8, 2, False), (8, 2, True), (6, 3, True), (8, 1, False), (6, 2, False)]
 
@@ -67,3 +75,69 @@ def test_compiled_fake_quant_matches_eager(b, k, signed):
     assert torch.equal(ge.view(torch.int32), gc.view(torch.int32))
     codes = torch.compile(lambda v: at.quantize_APoT(v, *qp).int_repr())(x)
     assert torch.equal(codes, at.quantize_APoT(x, *qp).int_repr())
+
+
+def _check_eager(x: np.ndarray, qp, alpha, levels, indices) -> None:
+    """Codes and fake-quant values of the eager lookup against the exact
+    reference for these (possibly inconsistent) qparams."""
+    xt = torch.from_numpy(x)
+    ref_codes, ref_values = reference_quantize(x, np.float32(alpha), levels, indices)
+    np.testing.assert_array_equal(at.quantize_APoT(xt, *qp).int_repr().numpy(), ref_codes)
+    np.testing.assert_array_equal(bits(at.quant_dequant_APoT(xt, *qp)), bits(ref_values))
+    fq = at.fake_quantize_function.apply(xt, *qp)
+    np.testing.assert_array_equal(bits(fq), bits(ref_values))
+
+
+@pytest.mark.parametrize("b,k", [(4, 2), (8, 2)])
+def test_table_cache_follows_qparams_changed_in_place(b, k):
+    """The eager rounding tables are cached on the bits of (levels, alpha):
+    the same qparam tensors changed in place (alpha alone, then levels
+    alone, then both, then back) must give the reference's result each time."""
+    aq._TABLE_CACHE.clear()
+    rng = np.random.default_rng(b)
+    qp = qparams(-3.0, 3.0, b, k)
+    alpha0, _, levels0, indices = reference_qparams(-3.0, 3.0, b, k, False)
+    x = adversarial_inputs(alpha0, levels0, rng, n_random=500)
+    _check_eager(x, qp, alpha0, levels0, indices)
+    assert len(aq._TABLE_CACHE) == 1
+    _check_eager(x, qp, alpha0, levels0, indices)  # a hit
+    assert len(aq._TABLE_CACHE) == 1
+    qp[0].fill_(1.25)  # alpha alone: clips inside the levels
+    _check_eager(x, qp, 1.25, levels0, indices)
+    _, _, levels1, _ = reference_qparams(-0.7, 0.7, b, k, False)
+    qp[0].fill_(3.0)
+    qp[2].copy_(torch.from_numpy(levels1))  # the levels alone
+    _check_eager(x, qp, 3.0, levels1, indices)
+    new = qparams(-0.1, 0.4, b, k)  # everything, in place
+    for mine, theirs in zip(qp, new):
+        mine.copy_(theirs)
+    alpha2, _, levels2, _ = reference_qparams(-0.1, 0.4, b, k, False)
+    _check_eager(x, qp, alpha2, levels2, indices)
+    for mine, theirs in zip(qp, qparams(-3.0, 3.0, b, k)):
+        mine.copy_(theirs)
+    _check_eager(x, qp, alpha0, levels0, indices)
+    assert len(aq._TABLE_CACHE) == 4
+
+
+def test_table_cache_is_bounded():
+    aq._TABLE_CACHE.clear()
+    x = torch.linspace(-2, 2, 101)
+    for i in range(aq._TABLE_CACHE_SIZE + 5):
+        mx = 1.0 + i / 64
+        qp = qparams(-mx, mx, 4, 2)
+        alpha, _, levels, indices = reference_qparams(-mx, mx, 4, 2, False)
+        _check_eager(x.numpy(), qp, alpha, levels, indices)
+    assert len(aq._TABLE_CACHE) == aq._TABLE_CACHE_SIZE
+
+
+@pytest.mark.parametrize("b", [4, 8])
+def test_compiled_unobserved_qparams_give_nan(b):
+    """NaN gamma (no observation yet): every output NaN, every code NAN_CODE,
+    also under torch.compile (where the select chain applies it last)."""
+    torch._logging.set_logs(dynamo=logging.ERROR)
+    qp = qparams(float("inf"), float("-inf"), b, 2)
+    x = torch.tensor([0.0, 0.3, -1.0, float("inf"), float("nan")])
+    y = torch.compile(lambda v: at.fake_quantize_function.apply(v, *qp))(x)
+    assert torch.isnan(y).all()
+    codes = torch.compile(lambda v: at.quantize_APoT(v, *qp).int_repr())(x)
+    assert (codes == at.NAN_CODE).all()
