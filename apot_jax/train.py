@@ -33,8 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import struct
-from flax import nnx
+from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from apot_jax.fake_quantize_module import QUANT_STATS, set_flags
