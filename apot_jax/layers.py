@@ -12,8 +12,13 @@ symmetric levels, magnitude base width ``weight_k``) with the observed alpha
 (sign-magnitude levels of ``b`` bits with base width ``weight_k`` for the
 magnitude, learnable alpha, weight normalization if ``weight_norm``, one alpha
 per output feature if ``per_channel``). For the input, ``"apot-paper"`` is the
-paper's activation quantizer: the unsigned ``(b, k)`` APoT levels with a
-learnable alpha (starting at ``input_alpha_init``), no observer. The torch qconfig combinations map as:
+paper's activation quantizer with a learnable alpha (starting at
+``input_alpha_init``), no observer: the unsigned ``(b, k)`` APoT levels with
+``level_set="apot"`` (the default), or the paper code's
+``build_power_value(b)`` with ``level_set="paper"`` (which differs from the
+APoT table at odd ``b``). Either operand also takes a typed config
+(``apot_common.config``) instead of a string. The torch qconfig combinations
+map as:
 
 * "APoT weights + uniform activations": ``weight_quant="apot", input_quant="uniform"``
 * "APoT both": ``weight_quant="apot", input_quant="apot"``
