@@ -60,7 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="QAT recipes to train: prototype (observer alpha, --bits) and/or paper (sign-magnitude weights, "
         "learnable alpha, weight normalization; --paper-bits) (default: both)",
     )
-    parser.add_argument("--bits", type=int, nargs="+", default=[4, 3, 2], help="APoT bit widths of the prototype recipe (default: 4 3 2)")
+    parser.add_argument(
+        "--bits", type=int, nargs="+", default=[4, 3, 2],
+        help="APoT bit widths of the prototype recipe (default: 4 3 2)",
+    )
     parser.add_argument(
         "--paper-bits", type=int, nargs="+", default=[4, 3, 2],
         help="bit widths (sign included) of the paper recipe, in training order (default: 4 3 2)",
@@ -104,23 +107,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         nargs="+",
         default=None,
-        help="prototype recipe's base bit-width: one value for all --bits, or one per entry (default: 2, or 1 for odd bits)",
+        help="prototype recipe's base bit-width: one value for all --bits, or one per entry "
+        "(default: 2, or 1 for odd bits)",
     )
     parser.add_argument("--epochs", type=int, default=40, help="float training epochs (default: 40)")
-    parser.add_argument("--qat-epochs", type=int, default=None, help="QAT fine-tuning epochs (default: same as --epochs)")
+    parser.add_argument(
+        "--qat-epochs", type=int, default=None, help="QAT fine-tuning epochs (default: same as --epochs)"
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
     parser.add_argument("--lr", type=float, default=1e-3, help="adam learning rate for float training (default: 1e-3)")
-    parser.add_argument("--qat-lr", type=float, default=3e-4, help="adam learning rate for QAT fine-tuning (default: 3e-4)")
+    parser.add_argument(
+        "--qat-lr", type=float, default=3e-4, help="adam learning rate for QAT fine-tuning (default: 3e-4)"
+    )
     parser.add_argument("--hidden", type=int, nargs="+", default=[1024, 1024],
                         help="--model mlp: hidden layer widths (default: 1024 1024)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and shuffling seed (default: 0)")
     parser.add_argument(
-        "--quantize", choices=["weights", "activations", "both"], default="both", help="what to fake-quantize (default: both)"
+        "--quantize",
+        choices=["weights", "activations", "both"],
+        default="both",
+        help="what to fake-quantize (default: both)",
     )
     parser.add_argument(
         "--quantize-input",
         action="store_true",
-        help="also fake-quantize the network input (the pixels); by default activations means the hidden layers' inputs",
+        help="also fake-quantize the network input (the pixels); "
+        "by default activations means the hidden layers' inputs",
     )
     parser.add_argument(
         "--unsigned-weights",
@@ -192,7 +204,10 @@ def _format_table(rows: list[dict[str, Any]]) -> str:
             )
         )
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([fmt(header), sep, *(fmt(line) for line in lines)])
 
@@ -441,10 +456,12 @@ def run(args: argparse.Namespace) -> int:
         opt = (f"SGD momentum 0.9, lr {args.paper_lr} cosine, alpha weight decay {args.paper_alpha_decay}"
                if args.paper_optimizer == "sgd" else f"adam {args.qat_lr}")  # fmt: skip
         acts = "learnt alpha" if args.paper_activations == "learnable" else "observed alpha"
+        init = ("progressive initialisation in --paper-bits order"
+                if args.paper_init == "progressive" else "each from the float weights")  # fmt: skip
         print(
             f"paper: level set {args.paper_level_set}; sign-magnitude weights, learnt alpha after weight "
             f"normalization; activations unsigned, {acts}; {first_last}; {opt}; "
-            f"{'progressive initialisation in --paper-bits order' if args.paper_init == 'progressive' else 'each from the float weights'}"
+            f"{init}"
         )
     print(
         f"network input {'quantized' if args.quantize_input else 'float'}; "
@@ -458,9 +475,11 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"export ({export['bits']}-bit paper model): weights {export['code_bytes']} bytes of packed "
             f"codes + {export['scale_bytes']} bytes of alpha/gamma/scale "
-            f"vs {export['float_bytes']} bytes float32 ({export['float_bytes'] / export['quantized_bytes']:.1f}x smaller); "
+            f"vs {export['float_bytes']} bytes float32 "
+            f"({export['float_bytes'] / export['quantized_bytes']:.1f}x smaller); "
             f"test accuracy from the codes {100 * export['test_accuracy']:.2f}% "
-            f"(fake-quant model {100 * export['fake_quant_accuracy']:.2f}%, identical logits: {export['identical_logits']})"
+            f"(fake-quant model {100 * export['fake_quant_accuracy']:.2f}%, "
+            f"identical logits: {export['identical_logits']})"
         )
 
     if args.out:
@@ -468,7 +487,11 @@ def run(args: argparse.Namespace) -> int:
         config = {key: val for key, val in vars(args).items() if not key.startswith("_")}
         config.update(k=ks, qat_epochs=qat_epochs, train_size=int(len(x_tr)), test_size=int(len(x_te)))
         with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"config": config, "results": rows, "export": export, "platform": jax.devices()[0].platform}, f, indent=2)
+            json.dump(
+                {"config": config, "results": rows, "export": export, "platform": jax.devices()[0].platform},
+                f,
+                indent=2,
+            )
         if args.plot:
             _plot(args.out, rows, signed_weights)
         print(f"wrote {args.out}")
@@ -554,8 +577,8 @@ def _plot(out: str, rows: list[dict[str, Any]], signed_weights: bool) -> None:
     for r in rows:
         label = "float" if r["bits"] is None else f"APoT {r['bits']}-bit (k={r['k']})"
         h = r["history"]
-        epochs = [e for e, l in zip(h["epoch"], h["train_loss"]) if l is not None]
-        axes[0].plot(epochs, [l for l in h["train_loss"] if l is not None], label=label)
+        epochs = [e for e, loss in zip(h["epoch"], h["train_loss"]) if loss is not None]
+        axes[0].plot(epochs, [loss for loss in h["train_loss"] if loss is not None], label=label)
         axes[1].plot(h["epoch"], [100 * a for a in h["test_accuracy"]], label=label)
     axes[0].set(xlabel="epoch", ylabel="train loss", yscale="log", title="training loss")
     axes[1].set(xlabel="epoch (QAT epochs for APoT)", ylabel="test accuracy (%)", title="test accuracy")

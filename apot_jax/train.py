@@ -127,7 +127,9 @@ def make_eval_fn(model: nn.Module) -> Callable[[TrainState, jax.Array], jax.Arra
     return logits
 
 
-def accuracy(eval_fn: Callable[[TrainState, jax.Array], jax.Array], state: TrainState, x: np.ndarray, y: np.ndarray) -> float:
+def accuracy(
+    eval_fn: Callable[[TrainState, jax.Array], jax.Array], state: TrainState, x: np.ndarray, y: np.ndarray
+) -> float:
     """Top-1 accuracy in ``[0, 1]`` of ``eval_fn`` on ``(x, y)``."""
     pred = np.asarray(jnp.argmax(eval_fn(state, jnp.asarray(x)), -1))
     return float(np.mean(pred == y))
@@ -242,7 +244,9 @@ def restore_checkpoint(path: str | os.PathLike, like: TrainState) -> TrainState:
         with ocp.StandardCheckpointer() as checkpointer:
             return checkpointer.restore(root, abstract)
     except Exception as exc:  # orbax/tensorstore raise bare Exception, ValueError, ...
-        raise ValueError(f"checkpoint {root} is damaged or does not match the state: {_damaged_part(str(exc))}") from exc
+        raise ValueError(
+            f"checkpoint {root} is damaged or does not match the state: {_damaged_part(str(exc))}"
+        ) from exc
 
 
 def _damaged_part(message: str) -> str:

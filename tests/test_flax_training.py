@@ -136,7 +136,10 @@ def test_calibrate_then_evaluate_leaves_statistics_alone(digits):
     stats = calibrated.quant_stats["dense0"]
     assert float(stats["input_quant"]["max_val"]) == float(x_tr.max())
     kernel = np.asarray(state.params["dense0"]["kernel"])
-    assert float(stats["weight_quant"]["min_val"]) == kernel.min() and float(stats["weight_quant"]["max_val"]) == kernel.max()
+    assert (
+        float(stats["weight_quant"]["min_val"]) == kernel.min()
+        and float(stats["weight_quant"]["max_val"]) == kernel.max()
+    )
     assert int(stats["weight_quant"]["fake_quant_enabled"]) == 1 and int(stats["input_quant"]["observer_enabled"]) == 1
 
     eval_fn = T.make_eval_fn(model)
@@ -196,7 +199,10 @@ def test_train_step_is_the_sgd_rule_of_the_loss(digits):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     for a, b in zip(jax.tree_util.tree_leaves(new.quant_stats), jax.tree_util.tree_leaves(stats)):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
-    moved = [float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(got, jax.tree_util.tree_leaves(state.params))]
+    moved = [
+        float(np.abs(np.asarray(a) - np.asarray(b)).max())
+        for a, b in zip(got, jax.tree_util.tree_leaves(state.params))
+    ]
     assert min(moved) > 0  # every parameter moved
 
 

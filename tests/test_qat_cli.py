@@ -122,8 +122,8 @@ def test_qat_prints_table_and_writes_results(tmp_path, capsys):
 
 
 def test_qat_weights_only_and_k_per_bits(capsys):
-    assert main(["qat", "--recipe", "prototype", "--bits", "3", "--k", "3", "--quantize", "weights", "--unsigned-weights",
-                 *TINY]) == 0  # fmt: skip
+    assert main(["qat", "--recipe", "prototype", "--bits", "3", "--k", "3", "--quantize", "weights",
+                 "--unsigned-weights", *TINY]) == 0  # fmt: skip
     row = capsys.readouterr().out.splitlines()[3].split()
     # unsigned b=3, k=3: one term of 8 powers of two (0 and 2**0..2**-6); no activation quant
     assert row[:5] == ["APoT", "weights", "3", "3", "8/-"]
