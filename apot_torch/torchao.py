@@ -38,6 +38,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from apot_common.config import (
+    CONFIG_TYPES,
+    APoTConfig,
+    QuantizerConfig,
+    SignMagnitudeConfig,
+    UniformConfig,
+)
 from apot_common.tables import level_table, sign_magnitude_table
 from apot_torch import levels as _levels
 from apot_torch.export import ExportedWeight, dequantize_weight, export_weight
@@ -145,12 +152,40 @@ class APoTFakeQuantizeConfig:
         return APoTFakeQuantize(b=self.b, k=self.k, signed=self.scheme == "signed", factory_kwargs=factory)
 
 
+def fake_quantize_config(config: QuantizerConfig) -> APoTFakeQuantizeConfig:
+    """The torchao-path config of a typed quantizer config (``apot_common.config``).
+
+    Raises:
+      ValueError: a ``UniformConfig`` (torchao has its own uniform configs)
+        or a ``level_set`` other than ``"apot"`` (the paper's sets are not
+        wired into this path's integer-code convert yet).
+
+    >>> from apot_common.config import LearnableAPoTConfig
+    >>> c = fake_quantize_config(LearnableAPoTConfig(b=3))
+    >>> c.b, c.k, c.scheme, c.alpha, c.normalize
+    (3, 2, 'sign-magnitude', 'learnable', True)
+    """
+    if isinstance(config, UniformConfig):
+        raise ValueError("APoTQATConfig quantizes with APoT levels; for uniform QAT use torchao's own configs")
+    if getattr(config, "level_set", "apot") != "apot":
+        raise ValueError(f"the torchao path supports level_set='apot' only, got {config.level_set!r}")
+    if isinstance(config, APoTConfig):
+        return APoTFakeQuantizeConfig(config.b, config.k, "signed" if config.signed else "unsigned")
+    if isinstance(config, SignMagnitudeConfig):
+        return APoTFakeQuantizeConfig(config.b, config.magnitude_k, "sign-magnitude")
+    return APoTFakeQuantizeConfig(config.b, config.magnitude_k, config.scheme, alpha="learnable",
+                                  normalize=config.normalize, per_channel=config.per_channel,
+                                  alpha_init=float(config.alpha_init))
+
+
 @dataclasses.dataclass(frozen=True)
 class APoTQATConfig(AOBaseConfig):
     """APoT QAT for ``torchao.quantization.quantize_``.
 
     Attributes:
-      weight: the weights' fake quant (required for ``step="prepare"``).
+      weight: the weights' fake quant (required for ``step="prepare"``): an
+        :class:`APoTFakeQuantizeConfig` or a typed config of
+        ``apot_common.config`` (converted by :func:`fake_quantize_config`).
       activation: the layers' inputs' fake quant, or ``None`` (float inputs);
         per tensor, without normalization.
       step: ``"prepare"`` (swap in fake-quantized layers) or ``"convert"``
@@ -170,8 +205,11 @@ class APoTQATConfig(AOBaseConfig):
             raise ValueError(f"step must be one of {', '.join(map(repr, STEPS))}, got {self.step!r}")
         for name in ("weight", "activation"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, APoTFakeQuantizeConfig):
-                raise ValueError(f"{name} must be an APoTFakeQuantizeConfig or None, got {type(value).__name__}")
+            if isinstance(value, CONFIG_TYPES):
+                object.__setattr__(self, name, fake_quantize_config(value))
+            elif value is not None and not isinstance(value, APoTFakeQuantizeConfig):
+                raise ValueError(f"{name} must be an APoTFakeQuantizeConfig, a quantizer config "
+                                 f"(apot_common.config) or None, got {type(value).__name__}")
         if self.step == "convert":
             if self.weight is not None or self.activation is not None:
                 raise ValueError(
@@ -533,6 +571,7 @@ __all__ = [
     "APoTFakeQuantizedConv2d",
     "APoTQATConfig",
     "APoTQuantizedConv2d",
+    "fake_quantize_config",
     "APoTQuantizedLinear",
     "FrozenAPoTActivation",
     "is_linear_or_conv2d",

@@ -232,3 +232,30 @@ def test_qwix_rule_takes_configs_linen():
     l_vars = {**l_vars, "params": q_vars["params"]}
     y_l, _ = layer.apply(l_vars, x, mutable=["quant_stats"])
     np.testing.assert_array_equal(np.asarray(y_q), np.asarray(y_l))
+
+
+def test_torchao_takes_typed_configs():
+    """APoTQATConfig(weight=<typed config>) prepares the same modules as the
+    torchao-path config it maps to, and refuses what that path cannot run."""
+    pytest.importorskip("torchao", reason="the torchao path needs the apot[torchao] extra")
+    from torchao.quantization import quantize_
+
+    from apot_torch.torchao import APoTFakeQuantizeConfig, APoTQATConfig, is_linear_or_conv2d
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(6, 4))
+    x = torch.randn(5, 6)
+    a, b = torch.nn.Sequential(torch.nn.Linear(6, 4)), torch.nn.Sequential(torch.nn.Linear(6, 4))
+    a.load_state_dict(base.state_dict())
+    b.load_state_dict(base.state_dict())
+    quantize_(a, APoTQATConfig(weight=LearnableAPoTConfig(b=3), activation=APoTConfig(b=3, k=1)),
+              filter_fn=is_linear_or_conv2d)
+    quantize_(b, APoTQATConfig(weight=APoTFakeQuantizeConfig(3, 2, "sign-magnitude", alpha="learnable",
+                                                             normalize=True),
+                               activation=APoTFakeQuantizeConfig(3, 1, "unsigned")),
+              filter_fn=is_linear_or_conv2d)
+    np.testing.assert_array_equal(a(x).detach().numpy(), b(x).detach().numpy())
+    with pytest.raises(ValueError, match="level_set='apot' only"):
+        APoTQATConfig(weight=SignMagnitudeConfig(b=3, level_set="paper"))
+    with pytest.raises(ValueError, match="uniform"):
+        APoTQATConfig(weight=UniformConfig(b=4))
