@@ -7,9 +7,13 @@ for b=4 and b=8 (k=2), eager and under ``torch.compile``, beside torch's uniform
 fake quant on the same tensor (eager, and compiled the same way; its
 forward+backward with ``requires_grad``), and the ratios APoT / eager uniform
 and APoT / uniform in the same mode (< 1: APoT is faster), all in one run.
-Every timing includes recomputing the rounding tables from the qparams, as in
-QAT, where the qparams change every step. The functions take turns within
-each repeat; on a shared machine ``--threads 1`` gives steadier numbers.
+The qparams are the same at every call: compiled code recomputes the
+rounding tables in its graph every time anyway; eager code keeps them for
+qparams it has seen (``apot_torch.quantizer._rounding_tables``), and the row
+``apot eager new`` clears that cache before each call, i.e. recomputes them
+as in QAT with the observer on, where the qparams change every step. The
+functions take turns within each repeat; on a shared machine ``--threads 1``
+gives steadier numbers.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Callable
 import torch
 
 import apot_torch as at
+import apot_torch.quantizer as aq
 
 
 def median_ms(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
@@ -92,10 +97,15 @@ def main() -> None:
         def apot(v: torch.Tensor) -> torch.Tensor:
             return at.fake_quantize_function.apply(v, *qp)
 
+        def apot_new(v: torch.Tensor) -> torch.Tensor:
+            aq._TABLE_CACHE.clear()  # as if the qparams were new
+            return apot(v)
+
         rows = {
             "uniform": uniform,
             "uniform comp.": torch.compile(uniform),
             "apot eager": apot,
+            "apot eager new": apot_new,
             "apot compiled": torch.compile(apot),
         }
         fwd = median_ms({name: (lambda f=f: f(x)) for name, f in rows.items()}, args.repeats, device)
