@@ -124,7 +124,9 @@ def _lookup(x: Tensor, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor
             below = values[grid.lower.clamp(max=n - 1)]
             above = values[grid.upper.clamp(max=n - 1)]
             top = torch.tensor(grid.threshold.shape[0] - 1, dtype=torch.float32, device=x.device)
-            return torch.ops.apot.grid_or_search(x, theta, values, nan, ok, grid.origin, grid.scale, top, grid.threshold, below, above)
+            return torch.ops.apot.grid_or_search(
+                x, theta, values, nan, ok, grid.origin, grid.scale, top, grid.threshold, below, above
+            )
     return _eager_lookup(x, alpha, gamma, quantization_levels, values, nan_value, False)
 
 
@@ -147,7 +149,8 @@ def _eager_lookup(
         below = values[grid.lower.clamp(max=n - 1)]
         above = values[grid.upper.clamp(max=n - 1)]
         top = torch.tensor(grid.threshold.shape[0] - 1, dtype=torch.float32, device=x.device)
-        return _compiled_grid_lookup()(x.reshape(-1), grid.origin, grid.scale, top, grid.threshold, below, above, nan).view(x.shape)
+        flat = _compiled_grid_lookup()(x.reshape(-1), grid.origin, grid.scale, top, grid.threshold, below, above, nan)
+        return flat.view(x.shape)
     return _one_comparison(x, grid, values, nan)
 
 

@@ -91,10 +91,10 @@ def main() -> None:
         qmax = 2 ** (b - 1) - 1
         scale = 3.0 / qmax
 
-        def uniform(v: torch.Tensor) -> torch.Tensor:
+        def uniform(v: torch.Tensor, scale: float = scale, qmax: int = qmax) -> torch.Tensor:
             return torch.fake_quantize_per_tensor_affine(v, scale, 0, -qmax - 1, qmax)
 
-        def apot(v: torch.Tensor) -> torch.Tensor:
+        def apot(v: torch.Tensor, qp: tuple = qp) -> torch.Tensor:
             return at.fake_quantize_function.apply(v, *qp)
 
         def apot_new(v: torch.Tensor) -> torch.Tensor:
@@ -114,7 +114,8 @@ def main() -> None:
             # eager rows against eager uniform; compiled rows against both
             base = "uniform comp." if name.endswith(("comp.", "compiled")) else "uniform"
             print(
-                f"b={b:<2} {name:>14}  {fwd[name]:>7.2f}ms {fwd[name] / fwd['uniform']:>6.2f} {fwd[name] / fwd[base]:>6.2f}"
+                f"b={b:<2} {name:>14}  {fwd[name]:>7.2f}ms {fwd[name] / fwd['uniform']:>6.2f} "
+                f"{fwd[name] / fwd[base]:>6.2f}"
                 f"  {fb[name]:>7.2f}ms {fb[name] / fb['uniform']:>6.2f} {fb[name] / fb[base]:>6.2f}"
             )
 
