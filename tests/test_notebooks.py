@@ -270,6 +270,9 @@ def test_validation_notebook_without_torch_fails_on_a_wrong_golden_value(kernel_
     i = int(np.flatnonzero(in_subset & np.isfinite(alpha) & (alpha > 0))[0])
     alpha[i] = np.nextafter(alpha[i], np.float32(np.inf))  # one ulp off
     np.savez(corrupt / "elements.npz", **arrays)
+    # a consistent manifest: the file is intact, one value in it is wrong (a
+    # damaged file is refused before any check: parity_tests/test_golden.py)
+    golden.write_manifest(corrupt)
     monkeypatch.setenv("APOT_GOLDEN_DIR", str(corrupt))
 
     nb, error = _execute("cross_framework_validation.ipynb", tmp_path, expect_error=True)
