@@ -34,5 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     return int(importlib.import_module(args._module).run(args) or 0)
 
 
+__all__ = ["COMMANDS", "main"]
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -559,3 +559,33 @@ def fit_alpha_grid(top: np.ndarray, candidates: int, what: str) -> np.ndarray:
         raise ValueError(f"fit_alpha needs a positive {what} in x")
     fractions = np.arange(1, int(candidates) + 1, dtype=np.float32) / np.float32(candidates)
     return fractions[:, None] * top[None, :]
+
+
+__all__ = [
+    "FLOAT32_TINY",
+    "LEVEL_SETS",
+    "MAX_LEVELS",
+    "MAX_TERM_EXPONENT",
+    "PAPER_ADDITIVE_BITS",
+    "PAPER_POT_MAX_BITS",
+    "LevelSet",
+    "LevelTable",
+    "PaperLevelTable",
+    "SignMagnitudeTable",
+    "UnsignedTable",
+    "check_export_codes",
+    "check_level_set",
+    "check_table_size",
+    "default_magnitude_k",
+    "export_code_dtype",
+    "fit_alpha_grid",
+    "grid_size",
+    "level_table",
+    "num_combinations",
+    "paper_level_table",
+    "paper_terms",
+    "round_fraction_to_float32",
+    "sign_magnitude_table",
+    "unsigned_table",
+    "validate_bits",
+]

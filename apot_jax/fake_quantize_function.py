@@ -70,3 +70,9 @@ def fake_quantize(x: jax.Array, qparams: APoTQParams) -> jax.Array:
         qparams.level_indices,
         (qparams.b, qparams.k, qparams.signed),
     )
+
+
+__all__ = [
+    "fake_quantize",
+    "ste_mask",
+]

@@ -231,3 +231,15 @@ def rounding_grid(theta: jax.Array, level_values: jax.Array, alpha: jax.Array) -
     upper = jnp.searchsorted(cell_of, ids, side="right").astype(jnp.int32)
     threshold = jnp.where(upper > lower, theta[jnp.minimum(lower, n - 1)], jnp.inf)
     return RoundingGrid(origin, scale, threshold, lower, upper, exact)
+
+
+__all__ = [
+    "RoundingGrid",
+    "flush_subnormal",
+    "gamma",
+    "grid_cell",
+    "levels",
+    "positive_zero",
+    "rounding_grid",
+    "thresholds",
+]

@@ -129,3 +129,12 @@ def quant_dequant(x: jax.Array, qparams: APoTQParams) -> jax.Array:
     dtype = jnp.asarray(x).dtype
     x32 = _as_float32(x, "quant_dequant")
     return _lookup(x32, qparams, qparams.quantization_levels, jnp.nan).astype(dtype)
+
+
+__all__ = [
+    "NAN_CODE",
+    "SELECT_CHAIN_MAX_LEVELS",
+    "dequantize",
+    "quant_dequant",
+    "quantize",
+]

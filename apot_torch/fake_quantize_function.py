@@ -110,3 +110,9 @@ class fake_quantize_function(torch.autograd.Function):  # noqa: N801 (prototype 
             (mask,) = saved
             grad_x = torch.where(mask, grad_output, 0.0)
         return grad_x, None, None, None, None
+
+
+__all__ = [
+    "fake_quantize_function",
+    "ste_mask",
+]

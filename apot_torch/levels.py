@@ -181,3 +181,15 @@ def rounding_grid(theta: torch.Tensor, level_values: torch.Tensor, alpha: torch.
     upper = torch.searchsorted(cell_of, ids, right=True)
     threshold = torch.where(upper > lower, theta[lower.clamp(max=n - 1)], float("inf"))
     return RoundingGrid(origin, scale, threshold, lower, upper, exact)
+
+
+__all__ = [
+    "RoundingGrid",
+    "flush_subnormal",
+    "gamma",
+    "grid_cell",
+    "levels",
+    "positive_zero",
+    "rounding_grid",
+    "thresholds",
+]

@@ -193,3 +193,8 @@ class LinearAPoT(WeightedQuantizedModule):
 
     def extra_repr(self) -> str:
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, b={self.b}, k={self.k}"
+
+
+__all__ = [
+    "LinearAPoT",
+]

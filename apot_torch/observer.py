@@ -269,3 +269,14 @@ def _statistic(name: str, value, current: Tensor) -> Tensor:
     if value.numel() != 1:
         raise ValueError(f"APoTObserver.{name} must hold one value, got shape {tuple(value.shape)}")
     return value.detach().to(device=current.device, dtype=torch.float32).reshape(()).clone()
+
+
+__all__ = [
+    "CONFIG_METADATA_KEY",
+    "APoTObserver",
+    "ConfigInStateDict",
+    "Float32State",
+    "calculate_qparams",
+    "observe",
+    "observed_alpha",
+]

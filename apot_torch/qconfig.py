@@ -142,3 +142,24 @@ def qconfig(*, weight: QuantizerConfig | None, activation: QuantizerConfig | Non
     ('SignMagnitudeFakeQuantize', 'APoTFakeQuantize')
     """
     return QConfig(activation=_constructor(activation, "activation"), weight=_constructor(weight, "weight"))
+
+
+__all__ = [
+    "apot_paper_qconfig_2bit",
+    "apot_paper_qconfig_3bit",
+    "apot_qconfig_4bit",
+    "apot_qconfig_4bit_signed",
+    "apot_qconfig_8bit",
+    "apot_qconfig_8bit_signed",
+    "apot_sign_magnitude_qconfig_2bit",
+    "apot_sign_magnitude_qconfig_3bit",
+    "apot_weight_qconfig_4bit",
+    "apot_weight_qconfig_4bit_signed",
+    "apot_weight_qconfig_8bit",
+    "apot_weight_qconfig_8bit_signed",
+    "default_symmetric_fake_quant",
+    "default_weight_symmetric_fake_quant",
+    "qconfig",
+    "uniform_qconfig_4bit",
+    "uniform_qconfig_8bit",
+]

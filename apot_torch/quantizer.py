@@ -445,3 +445,16 @@ def quant_dequant_APoT(
 ) -> Tensor:
     """``dequantize_APoT(quantize_APoT(x))`` in one pass; input is not modified."""
     return APoTQuantizer(alpha, gamma, quantization_levels, level_indices).quant_dequant(tensor2quantize)
+
+
+__all__ = [
+    "NAN_CODE",
+    "SELECT_CHAIN_MAX_LEVELS",
+    "APoTQuantizer",
+    "TensorAPoT",
+    "as_float32",
+    "dequantize_APoT",
+    "quant_dequant_APoT",
+    "quantize_APoT",
+    "scalar_qparams",
+]
