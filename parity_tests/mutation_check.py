@@ -42,7 +42,7 @@ TARGETS: dict[str, list[str]] = {
                          "--backends=jax-cpu,torch-cpu"],
     "paper-levels": ["parity_tests/test_paper_recipe.py", "-k", "alpha_gradient", "--backends=jax-cpu,torch-cpu"],
     "export": ["parity_tests/test_paper_recipe.py", "-k", "export", "--backends=jax-cpu,torch-cpu"],
-    "training": ["tests/test_flax_training.py", "-k", "sgd_rule or resume"],
+    "training": ["tests/jax/test_train.py", "-k", "sgd_rule or resume"],
 }
 
 

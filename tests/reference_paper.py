@@ -126,3 +126,80 @@ def reference_fit_alpha(x: np.ndarray, b: int, k: int, scheme: str, candidates: 
         d = (y - x).astype(np.float32)
         errors.append(reference_pairwise_sum(d * d))
     return np.float32(grid[int(np.argmin(errors))])
+
+
+# --------------------------------------------------------------------------
+# the paper's own level sets: build_power_value of yhhhli/APoT_Quantization
+# (models/quant_layer.py), transcribed from the paper's code independently of
+# the implementation (plain loops with fractions, the way the paper appends
+# its terms; apot_common.tables uses a table of exponents)
+
+#: The bit widths of the paper's additive level sets.
+PAPER_ADDITIVE_BITS = [2, 3, 4, 5, 6]
+
+
+def build_power_value_sums(B: int, additive: bool = True) -> set[Fraction]:
+    """The set of sums ``a + b + c`` of the paper's ``build_power_value(B,
+    additive)``, before its division by the max, in exact fractions."""
+    base_a, base_b, base_c = [Fraction(0)], [Fraction(0)], [Fraction(0)]
+
+    def two(e: int) -> Fraction:  # 2 ** e for a negative e
+        return Fraction(1, 2 ** (-e))
+
+    if additive:
+        if B == 2:
+            for i in range(3):
+                base_a.append(two(-i - 1))
+        elif B == 4:
+            for i in range(3):
+                base_a.append(two(-2 * i - 1))
+                base_b.append(two(-2 * i - 2))
+        elif B == 6:
+            for i in range(3):
+                base_a.append(two(-3 * i - 1))
+                base_b.append(two(-3 * i - 2))
+                base_c.append(two(-3 * i - 3))
+        elif B == 3:
+            for i in range(3):
+                if i < 2:
+                    base_a.append(two(-i - 1))
+                else:
+                    base_b.append(two(-i - 1))
+                    base_a.append(two(-i - 2))
+        elif B == 5:
+            for i in range(3):
+                if i < 2:
+                    base_a.append(two(-2 * i - 1))
+                    base_b.append(two(-2 * i - 2))
+                else:
+                    base_c.append(two(-2 * i - 1))
+                    base_a.append(two(-2 * i - 2))
+                    base_b.append(two(-2 * i - 3))
+        else:
+            raise AssertionError(B)
+    else:
+        for i in range(2**B - 1):
+            base_a.append(two(-i - 1))
+    values = set()
+    for a in base_a:
+        for b in base_b:
+            for c in base_c:
+                values.add(a + b + c)
+    return values
+
+
+def build_power_value(B: int, additive: bool = True) -> list[Fraction]:
+    """``build_power_value(B, additive)`` exactly: the sorted distinct sums
+    divided by the largest."""
+    values = build_power_value_sums(B, additive)
+    top = max(values)
+    return sorted(v / top for v in values)
+
+
+def nearest_float32(q: Fraction) -> np.float32:
+    """Nearest float32 to ``q`` (ties to even), by exact comparison of the
+    neighbours of numpy's (possibly double-rounded) guess."""
+    guess = np.float32(float(q))
+    cands = [np.nextafter(guess, np.float32(-np.inf)), guess, np.nextafter(guess, np.float32(np.inf))]
+    best = min(cands, key=lambda c: (abs(Fraction(float(c)) - q), int(np.array(c).view(np.int32)) & 1))
+    return np.float32(best)

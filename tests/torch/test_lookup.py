@@ -1,11 +1,7 @@
-"""The lookup strategies used under torch.compile, against the exact reference.
-
-``_grid_lookup`` (the exact grid's comparison as plain tensor code, which
-Inductor fuses) is checked here run eagerly on adversarial inputs (every
-level, midpoint and their float32 neighbours, NaN, +-inf, subnormals), and
-the whole compiled fake quant (``apot::lookup`` operator inside a compiled
-graph, forward and gradient) against the eager one, bitwise.
-"""
+"""The torch rounding lookup's strategies (select chain, chunked exact grid,
+the grid as a compiled kernel, ``torch.compile``) against the brute-force
+reference, and its table cache (recomputed when qparams change in place,
+bounded)."""
 
 from __future__ import annotations
 
@@ -17,17 +13,51 @@ import torch
 
 import apot_torch as at
 import apot_torch.quantizer as aq
-from tests.test_torch_core import (
-    STATS,
-    adversarial_inputs,
-    bits,
-    check_against_reference,
-    qparams,
-    reference_qparams,
-    reference_quantize,
-)
+from apot_common.tables import num_combinations
+from apot_torch.quantizer import SELECT_CHAIN_MAX_LEVELS
+from tests.helpers import bits
+from tests.reference import adversarial_inputs, all_configs, reference_qparams, reference_quantize
+from tests.torch.helpers import STATS, check_against_reference, qparams
 
 CONFIGS = [(8, 2, False), (8, 2, True), (6, 3, True), (8, 1, False), (6, 2, False)]
+
+
+def _check_eager(x: np.ndarray, qp, alpha, levels, indices) -> None:
+    """Codes and fake-quant values of the eager lookup against the exact
+    reference for these (possibly inconsistent) qparams."""
+    xt = torch.from_numpy(x)
+    ref_codes, ref_values = reference_quantize(x, np.float32(alpha), levels, indices)
+    np.testing.assert_array_equal(at.quantize_APoT(xt, *qp).int_repr().numpy(), ref_codes)
+    np.testing.assert_array_equal(bits(at.quant_dequant_APoT(xt, *qp)), bits(ref_values))
+    fq = at.fake_quantize_function.apply(xt, *qp)
+    np.testing.assert_array_equal(bits(fq), bits(ref_values))
+
+
+@pytest.mark.parametrize("b,k,signed", [c for c in all_configs() if num_combinations(*c) <= SELECT_CHAIN_MAX_LEVELS])
+def test_select_chain_matches_reference(b, k, signed, monkeypatch):
+    """The compare-and-select chain only runs under torch.compile; force it
+    in eager mode to check it against the reference on its own."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    rng = np.random.default_rng(7 * b + k)
+    for mn, mx in STATS:
+        ref = reference_qparams(mn, mx, b, k, signed)
+        x = adversarial_inputs(ref[0], ref[2], rng, n_random=200)
+        check_against_reference(x, qparams(mn, mx, b, k, signed), ref)
+
+
+@pytest.mark.parametrize("b,k,signed", [(4, 2, False), (8, 2, True), (8, 1, False)])
+def test_chunked_lookup_matches_reference(b, k, signed, monkeypatch):
+    """On CPU the one-comparison lookup runs in chunks; use tiny ones so that
+    the adversarial inputs span many, the last one partial."""
+    import apot_torch.quantizer
+
+    monkeypatch.setattr(apot_torch.quantizer, "_CPU_CHUNK", 97)
+    rng = np.random.default_rng(11 * b + k)
+    for mn, mx in STATS[:3]:
+        ref = reference_qparams(mn, mx, b, k, signed)
+        x = adversarial_inputs(ref[0], ref[2], rng, n_random=400)
+        assert x.size > 3 * 97
+        check_against_reference(x, qparams(mn, mx, b, k, signed), ref)
 
 
 @pytest.mark.parametrize("b,k,signed", CONFIGS)
@@ -75,17 +105,6 @@ def test_compiled_fake_quant_matches_eager(b, k, signed):
     assert torch.equal(ge.view(torch.int32), gc.view(torch.int32))
     codes = torch.compile(lambda v: at.quantize_APoT(v, *qp).int_repr())(x)
     assert torch.equal(codes, at.quantize_APoT(x, *qp).int_repr())
-
-
-def _check_eager(x: np.ndarray, qp, alpha, levels, indices) -> None:
-    """Codes and fake-quant values of the eager lookup against the exact
-    reference for these (possibly inconsistent) qparams."""
-    xt = torch.from_numpy(x)
-    ref_codes, ref_values = reference_quantize(x, np.float32(alpha), levels, indices)
-    np.testing.assert_array_equal(at.quantize_APoT(xt, *qp).int_repr().numpy(), ref_codes)
-    np.testing.assert_array_equal(bits(at.quant_dequant_APoT(xt, *qp)), bits(ref_values))
-    fq = at.fake_quantize_function.apply(xt, *qp)
-    np.testing.assert_array_equal(bits(fq), bits(ref_values))
 
 
 @pytest.mark.parametrize("b,k", [(4, 2), (8, 2)])

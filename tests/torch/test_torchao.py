@@ -24,6 +24,7 @@ from torchao.quantization import quantize_  # noqa: E402
 from torchao.quantization.qat.linear import FakeQuantizedLinear  # noqa: E402
 
 import apot_torch as at  # noqa: E402
+from apot_common.config import APoTConfig, LearnableAPoTConfig, SignMagnitudeConfig, UniformConfig  # noqa: E402
 from apot_torch.torchao import (  # noqa: E402
     APoTFakeQuantizeConfig,
     APoTFakeQuantizedConv2d,
@@ -464,3 +465,25 @@ def test_torchao_trained_state_converts_to_flax(case):
         np.testing.assert_array_equal(np.asarray(out).view(np.int32), np.asarray(same_matmul).view(np.int32))
         np.testing.assert_allclose(np.asarray(out), out_torch, rtol=1e-5, atol=1e-6)
         flax_x[2] = jax.nn.relu(out)
+
+
+def test_torchao_takes_typed_configs():
+    """APoTQATConfig(weight=<typed config>) prepares the same modules as the
+    torchao-path config it maps to, and refuses what that path cannot run."""
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(6, 4))
+    x = torch.randn(5, 6)
+    a, b = torch.nn.Sequential(torch.nn.Linear(6, 4)), torch.nn.Sequential(torch.nn.Linear(6, 4))
+    a.load_state_dict(base.state_dict())
+    b.load_state_dict(base.state_dict())
+    quantize_(a, APoTQATConfig(weight=LearnableAPoTConfig(b=3), activation=APoTConfig(b=3, k=1)),
+              filter_fn=is_linear_or_conv2d)
+    quantize_(b, APoTQATConfig(weight=APoTFakeQuantizeConfig(3, 2, "sign-magnitude", alpha="learnable",
+                                                             normalize=True),
+                               activation=APoTFakeQuantizeConfig(3, 1, "unsigned")),
+              filter_fn=is_linear_or_conv2d)
+    np.testing.assert_array_equal(a(x).detach().numpy(), b(x).detach().numpy())
+    with pytest.raises(ValueError, match="level_set='apot' only"):
+        APoTQATConfig(weight=SignMagnitudeConfig(b=3, level_set="paper"))
+    with pytest.raises(ValueError, match="uniform"):
+        APoTQATConfig(weight=UniformConfig(b=4))

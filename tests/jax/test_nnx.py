@@ -1,4 +1,6 @@
-"""NNX-first API: Flax's two namespaces, eval()/train(), nnx.bridge both ways, doctests."""
+"""apot_jax.nnx and apot_jax.linen: the same class names in both namespaces,
+NNX layers with ``nnx.Linear``'s signature, ``eval()``/``train()`` freezing
+the observers, and ``nnx.bridge`` both ways."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ Each model is an unmodified linen or NNX model (``Linear``/``Dense`` MLP,
 the same network built from apot's own layers (MLP, CNN) or, for attention,
 the float model run on operands fake-quantized by apot's own pure step. Both
 are trained for several optax steps; losses, gradients, params and
-statistics must agree bit for bit.
+statistics must agree bit for bit. ``ApotRule`` also takes the typed configs.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ import optax
 import pytest
 from flax import nnx
 
+from apot_common.config import APoTConfig, SignMagnitudeConfig
+from apot_jax import linen as aln
+from apot_jax import nnx as anx
+from apot_jax.fake_quantize_module import apot_quantizer, fake_quant_step, set_flags
+from apot_jax.layers import APoTDense, NNXAPoTDense
+
 qwix = pytest.importorskip("qwix")  # third-party optional extra apot[qwix]
 
-from apot_jax import linen as aln  # noqa: E402
-from apot_jax import nnx as anx  # noqa: E402
-from apot_jax.fake_quantize_module import apot_quantizer, fake_quant_step, set_flags  # noqa: E402
-from apot_jax.qwix import ApotQatProvider, ApotRule  # noqa: E402
+from apot_jax.qwix import ApotQatProvider, ApotRule  # noqa: E402  (imports qwix)
 
 STEPS = 3
 STATS = ("min_val", "max_val", "observer_enabled", "fake_quant_enabled")
@@ -542,3 +545,37 @@ def test_linen_stats_of_another_layout_are_refused():
     bad["quant_stats"] = {"l0": {"dot_general0_rhs": {"min_val": jnp.float32(0)}}, "l1": variables["quant_stats"]["l1"]}
     with pytest.raises(ValueError, match="dot_general0_rhs has entries"):
         model.apply(bad, x)
+
+
+def test_qwix_rule_takes_configs():
+    """``ApotRule(weight=..., act=...)``: the provider quantizes an unmodified
+    nnx.Linear exactly as an apot layer built from the same configs."""
+
+    w_cfg = SignMagnitudeConfig(b=4, level_set="paper")
+    a_cfg = APoTConfig(b=4, k=2)
+    x = jnp.abs(jax.random.normal(jax.random.key(2), (8, 6)))
+    plain = nnx.Linear(6, 5, rngs=nnx.Rngs(0))
+    layer = NNXAPoTDense(6, 5, weight_quant=w_cfg, input_quant=a_cfg, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(np.asarray(plain.kernel[...]), np.asarray(layer.kernel[...]))
+    qm = qwix.quantize_model(plain, ApotQatProvider([ApotRule(weight=w_cfg, act=a_cfg)]), x)
+    np.testing.assert_array_equal(np.asarray(qm(x)), np.asarray(layer(x)))
+    with pytest.raises(ValueError, match="either weight="):
+        ApotRule(weight=w_cfg, weight_scheme="paper")
+    with pytest.raises(TypeError, match="act must be one of"):
+        ApotRule(act="unsigned")
+
+
+def test_qwix_rule_takes_configs_linen():
+    """The linen path of the provider (quant_stats collection) with configs."""
+
+    w_cfg = SignMagnitudeConfig(b=4, level_set="paper")
+    a_cfg = APoTConfig(b=4, k=2)
+    x = jnp.abs(jax.random.normal(jax.random.key(2), (8, 6)))
+    qm = qwix.quantize_model(nn.Dense(5), ApotQatProvider([ApotRule(weight=w_cfg, act=a_cfg)]))
+    q_vars = qm.init(jax.random.key(0), x)
+    y_q, _ = qm.apply(q_vars, x, mutable=["quant_stats"])
+    layer = APoTDense(5, weight_quant=w_cfg, input_quant=a_cfg)
+    l_vars = layer.init(jax.random.key(1), x)
+    l_vars = {**l_vars, "params": q_vars["params"]}
+    y_l, _ = layer.apply(l_vars, x, mutable=["quant_stats"])
+    np.testing.assert_array_equal(np.asarray(y_q), np.asarray(y_l))

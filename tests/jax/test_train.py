@@ -1,9 +1,6 @@
-"""QAT training library (``apot_jax.train``): checkpoint resume, data-parallel
-training, calibration, the linen and NNX steps.
-
-Small MLPs (the digits job's, ``apot_cli.digits``) on a slice of the digits
-data keep every test to a few seconds (most of it compilation).
-"""
+"""apot_jax.train: the generic QAT helpers (linen and NNX train steps,
+calibration, orbax checkpoints, the data-parallel step on a device mesh) on
+the digits job's MLP; a damaged checkpoint names the damaged file."""
 
 from __future__ import annotations
 
@@ -37,6 +34,40 @@ def _batches(digits, n: int, epoch: int = 0):
         out += list(D.epoch_batches(x_tr, y_tr, BATCH, seed=0, epoch=epoch))
         epoch += 1
     return [(jnp.asarray(x), jnp.asarray(y)) for x, y in out[:n]]
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    import jax
+    import optax
+
+    from apot_cli import digits as D
+    from apot_jax import train as T
+
+    model = D.MLP(hidden=(8,), quant=D.QuantConfig(bits=4, k=2))
+    state = T.init_state(model, optax.adam(1e-3), jax.random.key(0), jnp.zeros((2, 64)))
+    path = tmp_path_factory.mktemp("ckpt") / "saved"
+    T.save_checkpoint(path, state)
+    return path, state
+
+
+def _damaged_copy(saved, tmp_path, rel, how):
+    import shutil
+
+    copy = tmp_path / "damaged"
+    shutil.copytree(saved, copy)
+    if rel is None:  # the largest array data file
+        rel = max((p for p in copy.rglob("*") if p.is_file() and p.parent.name == "d"), key=lambda p: p.stat().st_size)
+        rel = rel.relative_to(copy)
+    file = copy / rel
+    data = file.read_bytes()
+    if how == "truncate":
+        file.write_bytes(data[: len(data) // 2])
+    elif how == "flip":
+        file.write_bytes(data[: len(data) // 2] + bytes([data[len(data) // 2] ^ 0xFF]) + data[len(data) // 2 + 1 :])
+    else:
+        file.unlink()
+    return copy, str(rel)
 
 
 def test_checkpoint_resume_gives_the_same_next_step(digits, tmp_path):
@@ -245,3 +276,20 @@ def test_nnx_train_step_is_the_sgd_rule_and_updates_the_observers(digits):
     stats = model.dense0.input_quant
     assert float(stats.max_val[...]) == float(np.max(x)) and float(stats.min_val[...]) == float(np.min(x))
     assert float(model.dense1.input_quant.max_val[...]) > 0
+
+
+@pytest.mark.parametrize("rel, how, named", [("_METADATA", "truncate", "_METADATA is not valid JSON"),
+                                             ("_METADATA", "flip", "_METADATA is not valid JSON"),
+                                             ("_METADATA", "delete", "_METADATA is missing"),
+                                             ("manifest.ocdbt", "truncate", "cannot decode .*manifest.ocdbt"),
+                                             (None, "truncate", "array params\\.dense\\d\\.kernel"),
+                                             (None, "delete", "array params\\.dense\\d\\.kernel")])  # fmt: skip
+def test_damaged_checkpoint_names_the_damaged_file(saved_checkpoint, tmp_path, rel, how, named):
+    from apot_jax import train as T
+
+    saved, state = saved_checkpoint
+    copy, _ = _damaged_copy(saved, tmp_path, rel, how)
+    with pytest.raises(ValueError, match=f"checkpoint {copy} is damaged.*{named}"):
+        T.restore_checkpoint(copy, state)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        T.restore_checkpoint(tmp_path / "nowhere", state)

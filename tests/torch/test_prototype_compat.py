@@ -30,7 +30,7 @@ Also here: the prototype's statistics-as-assignment idiom
 ``apot_utils`` functions and ``quant_levels_visualization``.
 
 ``PORTED`` lists every prototype test and how it is ported; ``python -m
-pytest tests/test_prototype_compat.py -q`` runs them (the count:
+pytest tests/torch/test_prototype_compat.py -q`` runs them (the count:
 ``test_ported_inventory``).
 """
 

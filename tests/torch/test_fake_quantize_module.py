@@ -1,4 +1,8 @@
-"""apot_torch modules: APoTFakeQuantize, LinearAPoT and the prototype's qconfigs."""
+"""apot_torch.fake_quantize_module: APoTFakeQuantize (buffers, observation,
+flags, ``state_dict``, deepcopy, ``.to``/casts, torch.compile), the paper's
+SignMagnitudeFakeQuantize and LearnableAPoTFakeQuantize, and modules built
+from the typed configs. Expected values come from ``tests/reference.py`` and
+``tests/reference_paper.py``."""
 
 from __future__ import annotations
 
@@ -7,14 +11,25 @@ import copy
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from torch.ao.quantization import prepare_qat
 
 import apot_torch as at
-import apot_torch.qconfig as qc
-from tests.reference import reference_qparams, reference_quantize
+from apot_common.config import SignMagnitudeConfig
+from apot_torch import paper, qconfig
+from apot_torch.fake_quantize_module import LearnableAPoTFakeQuantize, SignMagnitudeFakeQuantize
+from tests.helpers import bits
+from tests.reference import adversarial_inputs, reference_qparams, reference_quantize
+from tests.reference_paper import (
+    reference_alpha_grad_elements,
+    reference_pairwise_sum,
+    reference_sign_magnitude,
+    reference_sm_quantize,
+)
+from tests.torch.helpers import data
 
 # torch.ao.quantization warns that it is deprecated; that must not fail a run.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
 
 STATE_KEYS = [
     "fake_quant_enabled",
@@ -28,16 +43,6 @@ STATE_KEYS = [
 ]
 
 
-def bits(a) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().to(torch.float32).numpy()
-    return np.asarray(a, np.float32).view(np.int32)
-
-
-def data(*shape: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
-
-
 def assert_buffers_match_reference(fq: at.APoTFakeQuantize, mn: float, mx: float, signed: bool) -> None:
     obs = fq.activation_post_process
     alpha, gamma, levels, indices = reference_qparams(mn, mx, obs.b, obs.k, signed)
@@ -46,7 +51,14 @@ def assert_buffers_match_reference(fq: at.APoTFakeQuantize, mn: float, mx: float
     np.testing.assert_array_equal(fq.level_indices.numpy(), indices)
 
 
-# --- APoTFakeQuantize
+def test_torch_state_dict_records_the_level_set():
+    import apot_torch
+
+    paper = apot_torch.from_config(SignMagnitudeConfig(b=4, level_set="paper"))
+    paper(torch.randn(50))
+    other = apot_torch.from_config(SignMagnitudeConfig(b=4))
+    with pytest.raises(RuntimeError, match="level_set"):
+        other.load_state_dict(paper.state_dict())
 
 
 @pytest.mark.parametrize("b,signed,n_levels", [(4, False, 16), (4, True, 49), (8, False, 256), (8, True, 2401)])
@@ -216,174 +228,124 @@ def test_torch_compile_equals_eager():
         assert torch.equal(torch.nan_to_num(value), torch.nan_to_num(model.state_dict()[key])), key
 
 
-# --- LinearAPoT
-
-
-def prototype_shift_add(codes_t: list[list[int]], activation: list[list[float]], k: int) -> list[list[int]]:
-    """The prototype's LinearAPoT.matmul, loops and bin() strings included."""
-
-    def decompose(code: int) -> list[str]:
-        digits = bin(code)[2:]
-        return [digits[i : i + k] for i in range(0, len(digits), k)]
-
-    def bitshift_mul(blocks: list[str], r: int) -> int:
-        product, place = 0, 0
-        for block in reversed(blocks):
-            for digit in reversed(block):
-                if int(digit):
-                    product += r << place
-                place += 1
-        return product
-
-    rows, inner, cols = len(activation), len(codes_t), len(codes_t[0])
-    result = [[0] * cols for _ in range(rows)]
-    for i in range(rows):
-        for j in range(cols):
-            for kk in range(inner):
-                result[i][j] += bitshift_mul(decompose(codes_t[kk][j]), int(activation[i][kk]))
-    return result
-
-
-@pytest.mark.parametrize("b,k", [(8, 1), (8, 2), (4, 2), (6, 3), (4, 4)])
-def test_linear_equals_loop_shift_add(b, k):
-    g = torch.Generator().manual_seed(b * 10 + k)
-    weight = torch.randn(5, 7, generator=g)
-    activation = torch.randint(-255, 256, (4, 7), generator=g).to(torch.float32) + 0.7 * torch.rand(4, 7, generator=g)
-    layer = at.LinearAPoT(weight, b, k)
-    expected = prototype_shift_add(layer.weight_transposed.tolist(), activation.tolist(), k)
-    decomposed = layer.decompose_APoT(layer.weight_transposed)
-    assert layer.matmul(decomposed, activation.trunc().to(torch.int64)).tolist() == expected
-    out = layer(activation)
-    assert out.dtype == torch.float32 and out.tolist() == expected  # all below 2**24: exact
-
-
-def test_linear_pieces_match_the_prototype_definitions():
-    layer = at.LinearAPoT(data(6, 6, seed=30), 8, 2)
-    codes = torch.arange(256)
-    blocks = layer.decompose_APoT(codes)
-    assert blocks.shape == (256, 4)
-    assert blocks[0b10_01_11_00].tolist() == [2, 1, 3, 0]
-    assert torch.equal((blocks * torch.tensor([64, 16, 4, 1])).sum(-1), codes)
-    r = torch.tensor([-7, 0, 3, 255])
-    products = layer.bitshift_mul(blocks[:, None, :], r)
-    assert torch.equal(products, codes[:, None] * r)
-
-
-def test_linear_codes_and_qparams_are_the_quantizer_s():
-    weight = data(8, 3, seed=31, scale=5.0)
-    layer = at.LinearAPoT(weight, 4, 2)
-    alpha, gamma, levels, indices = reference_qparams(float(weight.min()), float(weight.max()), 4, 2, False)
-    codes, _ = reference_quantize(weight.numpy(), alpha, levels, indices)
-    assert layer.weight.dtype == torch.int32 and layer.weight.shape == (8, 3)
-    np.testing.assert_array_equal(layer.weight.reshape(-1).numpy(), codes)
-    np.testing.assert_array_equal(bits(layer.quantization_levels), bits(levels))
-    assert set(layer.state_dict()) == {"alpha", "gamma", "quantization_levels", "level_indices", "weight"}
-
-
-def test_linear_prototype_test_case():
-    """The prototype's own test: equal to nn.Linear with the codes as weight."""
-    g = torch.Generator().manual_seed(32)
-    weight = 1000 * torch.rand(5, 3, generator=g)
-    activation = torch.randint(0, 255, (5, 3), generator=g, dtype=torch.float32)
-    layer = at.LinearAPoT(weight, 8, 2)
-    assert torch.equal(layer(activation), F.linear(activation, layer.weight.to(torch.float32)))
-
-
-def test_linear_large_equals_dense():
-    g = torch.Generator().manual_seed(33)
-    in_features = 300
-    weight = torch.randn(200, in_features, generator=g)
-    activation = torch.randint(0, 256, (64, in_features), generator=g).to(torch.float32)
-    layer = at.LinearAPoT(weight, 8, 2)
-    out = layer(activation)
-    # float64 sums of these integers are exact: the shift-add result is exact
-    exact = F.linear(activation.double(), layer.weight.double())
-    assert torch.equal(out, exact.to(torch.float32))
-    # float32 dense: every term is >= 0, so the relative error of the sum is at
-    # most in_features * 2**-24 (recursive summation bound), plus our rounding
-    dense = F.linear(activation, layer.weight.to(torch.float32))
-    torch.testing.assert_close(out, dense, rtol=(in_features + 1) * 2**-24, atol=0)
-
-
-@pytest.mark.filterwarnings("ignore:.*quantized tensor creation functions.*are deprecated")
-def test_linear_quantized_activation():
-    layer = at.LinearAPoT(data(4, 6, seed=34), 8, 2)
-    act = torch.randint(0, 200, (3, 6), generator=torch.Generator().manual_seed(35)).to(torch.float32)
-    q = torch.quantize_per_tensor(act, scale=1.0, zero_point=0, dtype=torch.quint8)
-    assert torch.equal(layer(q), layer(act))
-
-
-def test_linear_errors():
-    with pytest.raises(ValueError, match="2-D weight"):
-        at.LinearAPoT(torch.ones(3), 4, 2)
-    with pytest.raises(ValueError, match="multiple"):
-        at.LinearAPoT(torch.ones(2, 2), 4, 3)
-    with pytest.raises(ValueError, match="NaN"):
-        at.LinearAPoT(torch.tensor([[1.0, float("nan")]]), 4, 2)
-    layer = at.LinearAPoT(data(2, 3, seed=36), 4, 2)
-    with pytest.raises(ValueError, match="2-D activation"):
-        layer(torch.ones(3))
-    with pytest.raises(ValueError, match="finite"):
-        layer(torch.tensor([[1.0, float("inf"), 0.0]]))
-    with pytest.raises(ValueError, match="too large"):
-        layer(torch.full((1, 3), 2.0**52))
-    with pytest.raises(NotImplementedError):
-        at.LinearAPoT.from_reference(None, None, None, None, None)
-
-
-# --- qconfigs and QAT
-
-
-def test_qconfigs_build_the_prototype_s_modules():
-    from torch.ao.quantization.fake_quantize import FakeQuantize
-
-    expected = {
-        "uniform_qconfig_8bit": (None, None),
-        "apot_weight_qconfig_8bit": (None, (8, False)),
-        "apot_qconfig_8bit": ((8, False), (8, False)),
-        "uniform_qconfig_4bit": (None, None),
-        "apot_weight_qconfig_4bit": (None, (4, False)),
-        "apot_qconfig_4bit": ((4, False), (4, False)),
-        "apot_weight_qconfig_8bit_signed": (None, (8, True)),
-        "apot_qconfig_8bit_signed": ((8, False), (8, True)),
-        "apot_weight_qconfig_4bit_signed": (None, (4, True)),
-        "apot_qconfig_4bit_signed": ((4, False), (4, True)),
-    }
-    for name, specs in expected.items():
-        qconfig = getattr(qc, name)
-        for make, spec, dtype in zip((qconfig.activation, qconfig.weight), specs, (torch.quint8, torch.qint8)):
-            module = make()
-            if spec is None:
-                assert type(module) is FakeQuantize and module.qscheme == torch.per_tensor_symmetric, name
-            else:
-                assert isinstance(module, at.APoTFakeQuantize), name
-                assert (module.activation_post_process.b, module.activation_post_process.k) == (spec[0], 2)
-                assert module.signed == spec[1]
-            assert module.dtype == dtype, name
-    assert (qc.uniform_qconfig_4bit.activation().quant_min, qc.uniform_qconfig_4bit.activation().quant_max) == (0, 15)
-
-
-@pytest.mark.parametrize("name,ratio", [("apot_qconfig_8bit_signed", 0.8), ("apot_qconfig_4bit", 0.95)])
-def test_prepare_qat_trains_a_small_mlp(name, ratio):
-    from torch.ao.quantization import prepare_qat
-
-    torch.manual_seed(0)
-    x = torch.randn(512, 8)
-    y = (x @ torch.randn(8) > 0).long()
-    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-    model.qconfig = getattr(qc, name)
-    qat = prepare_qat(model.train())
-    assert isinstance(qat[0].weight_fake_quant, at.APoTFakeQuantize)
-    opt = torch.optim.SGD(qat.parameters(), lr=0.1)
-    losses = []
-    for _ in range(40):
-        loss = F.cross_entropy(qat(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < ratio * losses[0], losses[::10]
-    # the weights the layer used are APoT levels of its own fake quant
+def test_learnable_module_in_a_qat_model():
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU())
+    model.train()
+    model.qconfig = qconfig.apot_paper_qconfig_3bit
+    qat = prepare_qat(model)
     fq = qat[0].weight_fake_quant
-    used = fq(qat[0].weight.detach())
-    assert torch.isin(used, fq.quantization_levels).all()
+    assert isinstance(fq, LearnableAPoTFakeQuantize) and fq.b == 3 and fq.k == 2
+    assert "0.weight_fake_quant.alpha" in dict(qat.named_parameters())
+    act = qat[0].activation_post_process  # the paper learns the activations' alpha too
+    assert isinstance(act, LearnableAPoTFakeQuantize) and (act.b, act.k, act.scheme) == (3, 1, "unsigned")
+    out = qat(torch.rand(4, 16) * 8)
+    out.sum().backward()
+    assert fq.alpha.grad is not None and torch.isfinite(fq.alpha.grad)
+    assert act.alpha.grad is not None and torch.isfinite(act.alpha.grad)
+    assert torch.unique(qat[0](torch.rand(64, 16) * 8)).numel() <= 8  # 3-bit unsigned levels
+    # 2-bit: ternary weights
+    weights = LearnableAPoTFakeQuantize(2, 1, alpha_init=1.0)(torch.randn(64, 3))
+    assert torch.unique(weights).numel() <= 3
+    per_channel = LearnableAPoTFakeQuantize(3, 2, channel_axis=0, channels=8)
+    assert per_channel.alpha.shape == (8,) and per_channel(torch.randn(8, 16)).shape == (8, 16)
+    per_channel.disable_fake_quant()
+    x = torch.randn(8, 16)
+    assert per_channel(x) is x
+    state = per_channel.state_dict()
+    assert set(state) >= {"alpha", "fake_quant_enabled", "observer_enabled"}
+    with pytest.raises(ValueError, match="channels"):
+        LearnableAPoTFakeQuantize(3, 2, channel_axis=0)
+
+
+@pytest.mark.parametrize("b, k", [(3, 2), (2, 1), (5, 2)])
+def test_observed_sign_magnitude_module_matches_the_reference(b, k):
+    rng = np.random.default_rng(b)
+    fq = SignMagnitudeFakeQuantize(b, k)
+    first = rng.normal(size=(40, 9)).astype(np.float32)
+    fq(torch.from_numpy(first))
+    alpha = np.float32(np.abs(first).max())
+    assert bits(fq.alpha) == bits(alpha)
+    x = rng.normal(size=(300,)).astype(np.float32) * 1.5  # inside and beyond alpha
+    x[:4] = [np.nan, -np.inf, 1e-40, -alpha]
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    fq.disable_observer()  # keep alpha: the reference needs it fixed
+    y = fq(xt)
+    _, ref_values = reference_sm_quantize(x, float(alpha), b, k)
+    assert np.array_equal(bits(y), bits(ref_values))
+    assert np.array_equal(xt.detach().numpy().view(np.int32), x.view(np.int32))  # input untouched
+    dy = torch.from_numpy(rng.normal(size=x.shape).astype(np.float32))
+    y.backward(dy)
+    mag = np.where(np.abs(x) < np.finfo(np.float32).tiny, 0, np.abs(x))
+    assert np.array_equal(xt.grad.numpy(), np.where(mag <= alpha, dy.numpy(), 0).astype(np.float32))
+    # qparams and state
+    qp = fq.calculate_qparams()
+    _, ref_levels, _ = reference_sign_magnitude(float(alpha), b, k)
+    assert np.array_equal(bits(qp.quantization_levels), bits(ref_levels))
+    twin = SignMagnitudeFakeQuantize(b, k)
+    twin.load_state_dict(fq.state_dict())
+    assert np.array_equal(bits(twin(torch.from_numpy(x))), bits(ref_values))
+    with pytest.raises(RuntimeError, match="no qparams"):
+        fresh = SignMagnitudeFakeQuantize(b, k)
+        fresh.disable_observer()
+        fresh(torch.ones(3))
+    with pytest.raises(ValueError):
+        SignMagnitudeFakeQuantize(4, 2)
+
+
+@pytest.mark.parametrize("b, k", [(4, 2), (3, 1), (2, 2), (8, 2)])
+def test_learnable_activation_alpha_is_the_reference(b, k):
+    rng = np.random.default_rng(20 + b)
+    alpha = np.float32(1.37)
+    _, _, levels, indices = reference_qparams(0.0, alpha, b, k, False)
+    x = adversarial_inputs(alpha, levels, rng, n_random=500)
+    x = np.concatenate([x, -x[:200]])
+    x = np.where(np.isfinite(x), x, 0).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    _, ref_y = reference_quantize(x, alpha, levels, indices)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    at = torch.tensor(alpha, requires_grad=True)
+    y = paper.learnable_fake_quantize(xt, at, b=b, k=k, scheme="unsigned")
+    assert np.array_equal(bits(y), bits(ref_y))
+    y.backward(torch.from_numpy(dy))
+    ref_g = reference_alpha_grad_elements(x, alpha, ref_y, unsigned=True)
+    g = paper.alpha_grad_elements(torch.from_numpy(x), torch.tensor(alpha), torch.from_numpy(ref_y), "unsigned")
+    assert np.array_equal(bits(g), bits(ref_g))
+    mag = np.where(np.abs(x) < np.finfo(np.float32).tiny, 0, np.abs(x))
+    assert np.array_equal(bits(xt.grad), bits(np.where(mag <= alpha, dy, 0)))
+    assert bits(at.grad) == bits(reference_pairwise_sum(dy * ref_g))
+    # the module
+    module = LearnableAPoTFakeQuantize(b, k, scheme="unsigned", normalize=False, alpha_init=float(alpha))
+    assert np.array_equal(bits(module(torch.from_numpy(x))), bits(ref_y))
+    assert np.array_equal(bits(module.calculate_qparams()[2]), bits(levels))
+    with pytest.raises(ValueError, match="normalize"):
+        LearnableAPoTFakeQuantize(b, k, scheme="unsigned")
+
+
+@pytest.mark.parametrize("cast", ["half", "bfloat16", "to_float16", "to_bfloat16"])
+def test_module_casts_keep_statistics_and_qparams_float32(cast):
+    from apot_torch.fake_quantize_module import LearnableAPoTFakeQuantize, SignMagnitudeFakeQuantize
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(200, generator=gen) * 1.3 + 0.1234567  # statistics with more than float16's bits
+    modules = [at.APoTFakeQuantize(b=4, k=2), at.APoTFakeQuantize(b=4, k=2, signed=True),
+               SignMagnitudeFakeQuantize(3, 2), LearnableAPoTFakeQuantize(3, 2, alpha_init=1.2345678),
+               at.APoTObserver(4, 2)]  # fmt: skip
+    for m in modules:
+        m(x)
+    seq = torch.nn.Sequential(torch.nn.Linear(3, 3), *modules)
+    before = {key: value.clone() for key, value in seq.state_dict().items()}
+    expected = [m(x).detach() for m in modules]
+    {"half": lambda: seq.half(), "bfloat16": lambda: seq.bfloat16(), "to_float16": lambda: seq.to(torch.float16),
+     "to_bfloat16": lambda: seq.to(torch.bfloat16)}[cast]()  # fmt: skip
+    assert seq[0].weight.dtype in (torch.float16, torch.bfloat16)  # other modules are cast as usual
+    after = seq.state_dict()
+    for key, value in before.items():
+        if key.startswith("0."):
+            continue
+        assert after[key].dtype == value.dtype and torch.equal(after[key], value), key
+    assert modules[3].alpha.dtype == torch.float32 and isinstance(modules[3].alpha, torch.nn.Parameter)
+    for m, y in zip(modules, expected):
+        assert torch.equal(m(x).detach(), y), type(m).__name__  # same outputs for float32 input
+    assert modules[0](x.half()).dtype == torch.float16
+    meta = seq.to("meta")  # still moves device
+    assert all(t.device.type == "meta" for t in meta.state_dict().values())

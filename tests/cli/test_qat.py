@@ -1,14 +1,13 @@
 """``apot qat`` end to end with tiny settings (one epoch, a 32-unit MLP or a
-4/8-channel CNN), and the digits job's pieces (``apot_cli.digits``)."""
+4/8-channel CNN): the printed table and results file, the paper recipe's
+rows and export summary, ``--qwix`` rows equal to the apot layers' rows, and
+every bad argument refused before any work."""
 
 from __future__ import annotations
 
-import argparse
 import json
+import re
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from apot_cli import digits as D
@@ -16,82 +15,11 @@ from apot_cli.main import main
 
 TINY = ["--epochs", "1", "--hidden", "32", "--channels", "4", "8", "--batch-size", "128", "--lr", "0.01",
         "--no-progress", "--timing-rounds", "1", "--timing-steps", "2"]  # fmt: skip
+
+
 #: the paper variant as before the paper's layer precision, sets and schedule
 OLD_PAPER = ["--paper-level-set", "apot", "--paper-first-last-bits", "0", "--paper-optimizer", "adam",
              "--paper-init", "float"]  # fmt: skip
-
-
-def test_digits_split_is_fixed_and_stratified():
-    x_tr, y_tr, x_te, y_te = D.load_digits_split()
-    assert x_tr.shape == (1347, 64) and x_te.shape == (450, 64)
-    assert x_tr.dtype == np.float32 and y_tr.dtype == np.int32
-    assert x_tr.min() == 0.0 and x_tr.max() == 1.0
-    assert set(np.unique(y_te)) == set(range(10)) and np.bincount(y_te).min() >= 40
-    again = D.load_digits_split()
-    np.testing.assert_array_equal(again[0], x_tr)
-    np.testing.assert_array_equal(again[3], y_te)
-
-
-def test_quant_config_selects_the_fake_quants():
-    x = jnp.zeros((2, 64))
-    for quantize, expected in (
-        ("weights", {"weight_quant"}),
-        ("activations", {"input_quant"}),
-        ("both", {"weight_quant", "input_quant"}),
-    ):
-        # eval_shape: only the variable tree is needed, not an eager init.
-        model = D.MLP(hidden=(32,), quant=D.QuantConfig(bits=4, k=2, quantize=quantize), quantize_input=True)
-        variables = jax.eval_shape(model.init, jax.random.key(0), x)
-        assert set(variables["quant_stats"]["dense0"]) == expected
-    assert "quant_stats" not in jax.eval_shape(D.MLP(hidden=(8,)).init, jax.random.key(0), x)
-    with pytest.raises(ValueError, match="quantize"):
-        D.QuantConfig(bits=4, quantize="all")
-    with pytest.raises(ValueError, match="level_set"):
-        D.QuantConfig(bits=3, recipe="paper", level_set="other")
-
-
-def test_paper_cnn_keeps_first_and_last_layers_at_8_bits_with_float_input():
-    """The paper variant's layer precision: conv0 and dense0 uniform 8-bit
-    weights (observed), conv0's input float, dense0's input uniform 8-bit; the
-    middle conv the paper's learnt sets (alphas as params)."""
-    quant = D.QuantConfig(bits=3, k=1, recipe="paper", learn_activation_alpha=True, level_set="paper",
-                          first_last_bits=8)  # fmt: skip
-    variables = jax.eval_shape(D.CNN(channels=(4, 8), quant=quant).init, jax.random.key(0), jnp.zeros((2, 64)))
-    stats, params = variables["quant_stats"], variables["params"]
-    assert set(stats["conv0"]) == {"weight_quant"} and set(stats["dense0"]) == {"weight_quant", "input_quant"}
-    assert "conv1" not in stats and set(params["conv1"]) == {"kernel", "bias", "weight_quant", "input_quant"}
-    layers = {name: D.QuantConfig.layer_kwargs(quant, i, 3) for i, name in enumerate(("conv0", "conv1", "dense0"))}
-    assert layers["conv0"] == dict(b=8, k=1, weight_quant="uniform", input_quant=None, signed_weights=True)
-    assert layers["dense0"]["b"] == 8 and layers["dense0"]["input_quant"] == "uniform"
-    assert layers["conv1"]["b"] == 3 and layers["conv1"]["level_set"] == "paper"
-
-
-def test_plain_models_have_the_apot_models_parameter_names():
-    """The Qwix path loads the float weights by name: the nn.Dense / nn.Conv
-    networks have exactly the APoT networks' parameter trees (names, shapes)."""
-    x = jnp.zeros((2, 64))
-    for name in D.MODELS:
-        sizes = dict(hidden=(32,), channels=(4, 8))
-        apot = jax.eval_shape(D.make_model(name, D.QuantConfig(), **sizes).init, jax.random.key(0), x)["params"]
-        plain = jax.eval_shape(D.plain_model(name, **sizes).init, jax.random.key(0), x)["params"]
-        assert jax.tree_util.tree_map(lambda a: a.shape, apot) == jax.tree_util.tree_map(lambda a: a.shape, plain)
-
-
-def test_paper_optimizer_is_sgd_momentum_with_decay_on_the_alphas_only():
-    from apot_cli import qat
-
-    args = argparse.Namespace(lr=1e-3, qat_lr=3e-4, paper_optimizer="sgd", paper_lr=0.1, paper_alpha_decay=0.5)
-    quant = D.QuantConfig(bits=3, k=1, recipe="paper")
-    tx = qat._optimizer(args, quant, steps=10)
-    params = {"dense0": {"kernel": jnp.ones((2,)), "weight_quant": {"alpha": jnp.full((), 2.0)}}}
-    zero = jax.tree_util.tree_map(jnp.zeros_like, params)
-    updates, state = tx.update(zero, tx.init(params), params)
-    assert float(updates["dense0"]["kernel"][0]) == 0.0  # no decay on the weights
-    assert float(updates["dense0"]["weight_quant"]["alpha"]) == pytest.approx(-0.1 * 0.5 * 2.0)
-    updates, _ = tx.update(zero, state, params)  # momentum 0.9 carries the first step, cosine lr
-    lr1 = 0.1 * 0.5 * (1 + np.cos(np.pi * 1 / 10))
-    assert float(updates["dense0"]["weight_quant"]["alpha"]) == pytest.approx(-lr1 * (0.9 + 1.0) * 0.5 * 2.0, rel=1e-5)
-    assert qat._optimizer(argparse.Namespace(**{**vars(args), "paper_optimizer": "adam"}), quant, 10) is not None
 
 
 def test_qat_prints_table_and_writes_results(tmp_path, capsys):
@@ -206,3 +134,49 @@ def test_qat_qwix_cnn_rows_equal_the_apot_layer_rows(tmp_path):
     assert through_qwix["test_accuracy"] == apot["test_accuracy"]
     assert through_qwix["history"]["train_loss"] == apot["history"]["train_loss"]
     assert through_qwix["history"]["test_accuracy"] == apot["history"]["test_accuracy"]
+
+
+@pytest.mark.parametrize("argv, named", [(["--epochs", "0"], "--epochs: must be >= 1, got 0"),
+                                         (["--epochs", "-3"], "--epochs: must be >= 1, got -3"),
+                                         (["--qat-epochs", "0"], "--qat-epochs: must be >= 1"),
+                                         (["--batch-size", "0"], "--batch-size: must be >= 1"),
+                                         (["--hidden", "32", "0"], "--hidden: every width must be >= 1, got 0"),
+                                         (["--lr", "nan"], "--lr: must be a finite number > 0, got nan"),
+                                         (["--lr", "inf"], "--lr: must be a finite number > 0, got inf"),
+                                         (["--qat-lr=-1e-3"], "--qat-lr: must be a finite number > 0"),
+                                         (["--lr", "0"], "--lr: must be a finite number > 0"),
+                                         (["--seed", "-1"], "--seed: must be in"),
+                                         (["--timing-steps", "0"], "--timing-steps: must be >= 1"),
+                                         (["--bits", "0"], "--bits/--k: --bits 0"),
+                                         (["--bits", "17", "--k", "1"], "--bits/--k: --bits 17 with --k 1: .*limit"),
+                                         (["--recipe", "paper", "--paper-bits", "40"], "--paper-bits: 40"),
+                                         (["--plot"], "--plot: needs --out")])  # fmt: skip
+def test_qat_cli_refuses_each_bad_argument_before_any_work(argv, named, capsys, monkeypatch):
+    from apot_cli.main import main
+
+    monkeypatch.setattr(D, "load_digits_split", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as info:
+        main(["qat", "--no-progress", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: apot qat" in err and re.search("error: argument " + named, err), err
+
+
+def test_qat_cli_refuses_an_unwritable_out(tmp_path, capsys, monkeypatch):
+    import os
+
+    from apot_cli.main import main
+
+    monkeypatch.setattr(D, "load_digits_split", lambda *a, **k: pytest.fail("work started"))
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access  # root may write anywhere: the permission answer is faked
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(locked) else real_access(p, mode))
+    cases = [(a_file, "exists and is not a directory"), (a_file / "sub", "is not a directory"),
+             (locked / "run", "is not writable")]  # fmt: skip
+    for out, named in cases:
+        with pytest.raises(SystemExit) as info:
+            main(["qat", "--out", str(out)])
+        assert info.value.code == 2 and re.search("argument --out: .*" + named, capsys.readouterr().err)
