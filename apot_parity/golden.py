@@ -52,7 +52,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from apot_common.tables import level_table
+from apot_common.tables import level_table, round_fraction_to_float32
 from apot_parity.backends import make_binding
 from apot_parity.compare import Comparison, Result, compare, compare_elementwise, compare_qparams, compare_state
 from apot_parity.records import DTYPE_NAMES, Elementwise, QParams, numpy_dtype
@@ -81,7 +81,6 @@ STATS = (
 LOW_PRECISION_STATS = (1,)
 
 _F32 = np.float32
-_TINY = Fraction(2) ** -126
 
 
 # --------------------------------------------------------------------------
@@ -102,27 +101,6 @@ def uniform(seed: int, n: int) -> np.ndarray:
     return (_splitmix64(seed, n) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def _round_to_float32(q: Fraction) -> np.float32:
-    """Nearest float32 of an exact rational (24-bit significand, ties to even,
-    unbounded exponent), then zero of its sign if below the normal range."""
-    if q == 0:
-        return _F32(0.0)
-    sign = -1 if q < 0 else 1
-    q = abs(q)
-    e = q.numerator.bit_length() - q.denominator.bit_length()
-    if Fraction(2) ** e > q:
-        e -= 1
-    scaled = q / Fraction(2) ** (e - 23)
-    m = scaled.numerator // scaled.denominator
-    rem = scaled - m
-    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and m % 2 == 1):
-        m += 1
-    value = Fraction(m) * Fraction(2) ** (e - 23)
-    if value < _TINY:
-        return _F32(0.0) * _F32(sign)
-    return _F32(sign * float(value))
-
-
 def exact_levels(b: int, k: int, signed: bool, min_val: float, max_val: float) -> tuple[np.float32, np.ndarray]:
     """``(alpha, levels)`` by exact arithmetic (numerics 4), independent of
     both frameworks; used to place the adversarial inputs. NaN levels when
@@ -132,9 +110,9 @@ def exact_levels(b: int, k: int, signed: bool, min_val: float, max_val: float) -
     if not np.isfinite(alpha) or alpha < 0:
         return alpha, np.full(table.num_levels, np.nan, _F32)
     a = Fraction(0) if alpha < np.finfo(_F32).tiny else Fraction(float(alpha))
-    gamma = _round_to_float32(a / Fraction(2 - Fraction(2) ** (1 - table.n)))
+    gamma = _F32(round_fraction_to_float32(a / Fraction(2 - Fraction(2) ** (1 - table.n))))
     g = Fraction(float(gamma))
-    levels = [_round_to_float32(g * Fraction(float(s))) for s in table.base_sum[table.level_indices]]
+    levels = [_F32(round_fraction_to_float32(g * Fraction(float(s)))) for s in table.base_sum[table.level_indices]]
     return alpha, np.array(levels, _F32)
 
 
