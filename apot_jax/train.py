@@ -281,3 +281,25 @@ __all__ = [
     "restore_checkpoint",
     "save_checkpoint",
 ]
+
+#: The digits job's names that this module held until the job moved to
+#: ``apot_cli.digits``. No alias: resolving them here would make the library
+#: import the CLI package above it, so the old name fails with where it went.
+_MOVED_TO_APOT_CLI = (
+    "MLP",
+    "QuantConfig",
+    "epoch_batches",
+    "fit_activation_alphas",
+    "fit_paper_alphas",
+    "load_digits_split",
+    "time_step",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED_TO_APOT_CLI:
+        raise AttributeError(
+            f"apot_jax.train.{name} moved to apot_cli.digits.{name} with the rest of the digits job "
+            f"(application code, not a library helper): use `from apot_cli.digits import {name}`"
+        )
+    raise AttributeError(f"module 'apot_jax.train' has no attribute {name!r}")

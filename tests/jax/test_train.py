@@ -293,3 +293,15 @@ def test_damaged_checkpoint_names_the_damaged_file(saved_checkpoint, tmp_path, r
         T.restore_checkpoint(copy, state)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         T.restore_checkpoint(tmp_path / "nowhere", state)
+
+
+def test_names_moved_to_the_cli_say_where_they_went():
+    import apot_jax.train as train_module
+    from apot_cli import digits
+
+    for name in train_module._MOVED_TO_APOT_CLI:
+        assert hasattr(digits, name), name
+        with pytest.raises(AttributeError, match=f"apot_cli.digits.{name}"):
+            getattr(train_module, name)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        train_module.nope  # noqa: B018
