@@ -14,7 +14,8 @@ from jax import lax
 
 from apot_common.tables import level_table
 from apot_jax import levels as _levels
-from apot_jax.observer import APoTQParams, _as_float32
+from apot_jax._float32 import as_float32
+from apot_jax.observer import APoTQParams
 
 #: Code returned by ``quantize`` for NaN input (and for unobserved qparams).
 NAN_CODE = -1
@@ -81,7 +82,7 @@ def quantize(x: jax.Array, qparams: APoTQParams) -> jax.Array:
     >>> codes.tolist(), aj.dequantize(codes, qp).tolist()
     ([1, 0, 5, -1], [0.3333333432674408, 0.0, 1.0, nan])
     """
-    x = _as_float32(x, "quantize")
+    x = as_float32(x, "quantize")
     return _lookup(x, qparams, qparams.level_indices.astype(jnp.int32), NAN_CODE)
 
 
@@ -127,7 +128,7 @@ def quant_dequant(x: jax.Array, qparams: APoTQParams) -> jax.Array:
     Equals ``dequantize(quantize(x))`` (NaN stays NaN).
     """
     dtype = jnp.asarray(x).dtype
-    x32 = _as_float32(x, "quant_dequant")
+    x32 = as_float32(x, "quant_dequant")
     return _lookup(x32, qparams, qparams.quantization_levels, jnp.nan).astype(dtype)
 
 

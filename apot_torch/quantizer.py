@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from apot_torch import levels as _levels
+from apot_torch._float32 import as_float32  # public here: in __all__
 
 #: Code returned by ``quantize`` for NaN input (and for unobserved qparams).
 NAN_CODE = -1
@@ -24,16 +25,6 @@ NAN_CODE = -1
 #: ``torch.where`` with an unpredictable mask costs several times a gather, so
 #: eager code takes the grid (or the binary search) whatever the size.
 SELECT_CHAIN_MAX_LEVELS = 16
-
-
-def as_float32(x: Tensor, what: str) -> Tensor:
-    """``x`` as float32 (a new tensor only if a cast is needed); TypeError if
-    ``x`` is not a floating tensor."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{what} needs a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{what} needs a floating-point tensor, got dtype {x.dtype}")
-    return x.to(torch.float32)
 
 
 def _float32_qparam(t: Tensor, name: str) -> Tensor:
