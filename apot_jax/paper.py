@@ -52,9 +52,9 @@ from apot_common.tables import (
 )
 from apot_jax import levels as _levels
 from apot_jax._float32 import as_float32
+from apot_jax._lookup import lookup
 from apot_jax.fake_quantize_function import ste_mask
 from apot_jax.observer import APoTQParams
-from apot_jax.quantizer import _lookup
 from apot_jax.quantizer import quant_dequant as _apot_quant_dequant
 
 #: The learnable fake quant's schemes: the paper's signed weights, and the
@@ -197,7 +197,7 @@ def quantize(x: jax.Array, qparams: SignMagnitudeQParams, channel_axis: int | No
     x = as_float32(x, "quantize")
     table = sign_magnitude_table(qparams.b, qparams.k, qparams.level_set)
     codes = jnp.asarray(table.code_by_position)
-    return _per_channel(lambda v, qp: _lookup(v, qp, codes, table.nan_code), x, qparams, channel_axis)
+    return _per_channel(lambda v, qp: lookup(v, qp, codes, table.nan_code), x, qparams, channel_axis)
 
 
 def quant_dequant(x: jax.Array, qparams: SignMagnitudeQParams, channel_axis: int | None = None) -> jax.Array:
@@ -205,7 +205,7 @@ def quant_dequant(x: jax.Array, qparams: SignMagnitudeQParams, channel_axis: int
     on the symmetric set); shape and dtype of ``x``; NaN stays NaN."""
     dtype = jnp.asarray(x).dtype
     x32 = as_float32(x, "quant_dequant")
-    out = _per_channel(lambda v, qp: _lookup(v, qp, qp.quantization_levels, jnp.nan), x32, qparams, channel_axis)
+    out = _per_channel(lambda v, qp: lookup(v, qp, qp.quantization_levels, jnp.nan), x32, qparams, channel_axis)
     return out.astype(dtype)
 
 

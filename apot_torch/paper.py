@@ -27,8 +27,9 @@ from apot_common.tables import (
 )
 from apot_torch import levels as _levels
 from apot_torch._float32 import as_float32
+from apot_torch._lookup import lookup
 from apot_torch.fake_quantize_function import ste_mask
-from apot_torch.quantizer import APoTQuantizer, _lookup
+from apot_torch.quantizer import APoTQuantizer
 
 #: The learnable fake quant's level sets (``apot_jax.paper.SCHEMES``).
 SCHEMES = ("sign-magnitude", "unsigned")
@@ -166,7 +167,7 @@ def quantize(x: Tensor, qparams: SignMagnitudeQParams, channel_axis: int | None 
     codes = torch.tensor(table.code_by_position, device=x.device)
     axis = _check_channels(x, qparams, channel_axis)
     if axis is None:
-        return _lookup(x, qparams.alpha, qparams.gamma, qparams.quantization_levels, codes, table.nan_code)
+        return lookup(x, qparams.alpha, qparams.gamma, qparams.quantization_levels, codes, table.nan_code)
     out = codes[_channel_positions(x, qparams, axis)]
     out = torch.where(_channel_invalid(x, qparams, axis), table.nan_code, out)
     return _unrows(out, x, axis)
@@ -178,7 +179,7 @@ def quant_dequant(x: Tensor, qparams: SignMagnitudeQParams, channel_axis: int | 
     axis = _check_channels(x32, qparams, channel_axis)
     levels = qparams.quantization_levels
     if axis is None:
-        out = _lookup(x32, qparams.alpha, qparams.gamma, levels, levels, float("nan"))
+        out = lookup(x32, qparams.alpha, qparams.gamma, levels, levels, float("nan"))
     else:
         rows = torch.gather(levels, 1, _channel_positions(x32, qparams, axis))
         rows = torch.where(_channel_invalid(x32, qparams, axis), float("nan"), rows)

@@ -1,10 +1,10 @@
 """The lookup strategies used under torch.compile, against the exact reference.
 
-``_grid_lookup`` (the exact grid's comparison as plain tensor code, which
-Inductor fuses) is checked here run eagerly on adversarial inputs (every
-level, midpoint and their float32 neighbours, NaN, +-inf, subnormals), and
-the whole compiled fake quant (``apot::lookup`` operator inside a compiled
-graph, forward and gradient) against the eager one, bitwise.
+``apot_torch._lookup._grid_lookup`` (the exact grid's comparison as plain
+tensor code, which Inductor fuses) is checked here run eagerly on adversarial
+inputs (every level, midpoint and their float32 neighbours, NaN, +-inf,
+subnormals), and the whole compiled fake quant (``apot::lookup`` operator
+inside a compiled graph, forward and gradient) against the eager one, bitwise.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import apot_torch as at
-import apot_torch.quantizer as aq
+import apot_torch._lookup as lk
 from tests.test_torch_core import (
     STATS,
     adversarial_inputs,
@@ -34,15 +34,15 @@ CONFIGS = [(8, 2, False), (8, 2, True), (6, 3, True), (8, 1, False), (6, 2, Fals
 def test_grid_lookup_matches_reference(b, k, signed, monkeypatch):
     """Force the grid kernel (normally compiled) to run eagerly in place of
     ``_one_comparison``, and compare with the exact reference."""
-    monkeypatch.setattr(aq, "_compiled_grid_lookup", lambda: aq._grid_lookup)
+    monkeypatch.setattr(lk, "_compiled_grid_lookup", lambda: lk._grid_lookup)
     calls = []
-    real = aq._eager_lookup
+    real = lk._eager_lookup
 
     def inductor_lookup(x, alpha, gamma, levels, values, nan_value, inductor):
         calls.append(1)
         return real(x, alpha, gamma, levels, values, nan_value, True)
 
-    monkeypatch.setattr(aq, "_eager_lookup", inductor_lookup)
+    monkeypatch.setattr(lk, "_eager_lookup", inductor_lookup)
     rng = np.random.default_rng(31 * b + k)
     for mn, mx in STATS:
         ref = reference_qparams(mn, mx, b, k, signed)
@@ -93,15 +93,15 @@ def test_table_cache_follows_qparams_changed_in_place(b, k):
     """The eager rounding tables are cached on the bits of (levels, alpha):
     the same qparam tensors changed in place (alpha alone, then levels
     alone, then both, then back) must give the reference's result each time."""
-    aq._TABLE_CACHE.clear()
+    lk._TABLE_CACHE.clear()
     rng = np.random.default_rng(b)
     qp = qparams(-3.0, 3.0, b, k)
     alpha0, _, levels0, indices = reference_qparams(-3.0, 3.0, b, k, False)
     x = adversarial_inputs(alpha0, levels0, rng, n_random=500)
     _check_eager(x, qp, alpha0, levels0, indices)
-    assert len(aq._TABLE_CACHE) == 1
+    assert len(lk._TABLE_CACHE) == 1
     _check_eager(x, qp, alpha0, levels0, indices)  # a hit
-    assert len(aq._TABLE_CACHE) == 1
+    assert len(lk._TABLE_CACHE) == 1
     qp[0].fill_(1.25)  # alpha alone: clips inside the levels
     _check_eager(x, qp, 1.25, levels0, indices)
     _, _, levels1, _ = reference_qparams(-0.7, 0.7, b, k, False)
@@ -116,18 +116,18 @@ def test_table_cache_follows_qparams_changed_in_place(b, k):
     for mine, theirs in zip(qp, qparams(-3.0, 3.0, b, k)):
         mine.copy_(theirs)
     _check_eager(x, qp, alpha0, levels0, indices)
-    assert len(aq._TABLE_CACHE) == 4
+    assert len(lk._TABLE_CACHE) == 4
 
 
 def test_table_cache_is_bounded():
-    aq._TABLE_CACHE.clear()
+    lk._TABLE_CACHE.clear()
     x = torch.linspace(-2, 2, 101)
-    for i in range(aq._TABLE_CACHE_SIZE + 5):
+    for i in range(lk._TABLE_CACHE_SIZE + 5):
         mx = 1.0 + i / 64
         qp = qparams(-mx, mx, 4, 2)
         alpha, _, levels, indices = reference_qparams(-mx, mx, 4, 2, False)
         _check_eager(x.numpy(), qp, alpha, levels, indices)
-    assert len(aq._TABLE_CACHE) == aq._TABLE_CACHE_SIZE
+    assert len(lk._TABLE_CACHE) == lk._TABLE_CACHE_SIZE
 
 
 @pytest.mark.parametrize("b", [4, 8])

@@ -96,9 +96,9 @@ def test_alpha_of_zero_statistics_is_positive_zero(mn, mx):
 def test_chunked_lookup_matches_reference(b, k, signed, monkeypatch):
     """On CPU the one-comparison lookup runs in chunks; use tiny ones so that
     the adversarial inputs span many, the last one partial."""
-    import apot_torch.quantizer
+    import apot_torch._lookup
 
-    monkeypatch.setattr(apot_torch.quantizer, "_CPU_CHUNK", 97)
+    monkeypatch.setattr(apot_torch._lookup, "_CPU_CHUNK", 97)
     rng = np.random.default_rng(11 * b + k)
     for mn, mx in STATS[:3]:
         ref = reference_qparams(mn, mx, b, k, signed)
