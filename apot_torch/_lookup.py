@@ -31,7 +31,7 @@ def lookup(x: Tensor, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor,
 
     Under ``torch.compile``, up to ``SELECT_CHAIN_MAX_LEVELS`` levels are a
     chain of selects traced into the caller's graph; more levels are one
-    opaque operator (``apot::lookup``, so the caller's graph does not break
+    opaque operator (``apot::grid_or_search``, so the caller's graph does not break
     at the data-dependent choice of strategy) whose exact-grid case runs a
     fused Inductor kernel (``_grid_lookup``).
     """

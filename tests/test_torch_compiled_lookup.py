@@ -3,7 +3,7 @@
 ``apot_torch._lookup._grid_lookup`` (the exact grid's comparison as plain
 tensor code, which Inductor fuses) is checked here run eagerly on adversarial
 inputs (every level, midpoint and their float32 neighbours, NaN, +-inf,
-subnormals), and the whole compiled fake quant (``apot::lookup`` operator
+subnormals), and the whole compiled fake quant (the ``apot::`` operators
 inside a compiled graph, forward and gradient) against the eager one, bitwise.
 """
 
