@@ -28,6 +28,7 @@ import numpy as np
 
 from apot_common.tables import LevelSet, check_export_codes, export_code_dtype, sign_magnitude_table
 from apot_jax import paper
+from apot_jax._conv import as_tuple, conv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,13 +145,11 @@ def conv_from_codes(
     """The convolution of ``x`` ``(N, *spatial, in)`` (channels last, like
     ``APoTConv``) with the dequantized ``(*window, in, out)`` kernel, plus
     the bias: ``(N, *spatial_out, out)``, float32."""
-    from apot_jax.layers import _conv, _tuple  # the layers' own convolution (imports Flax)
-
     kernel = dequantize_kernel(exported)
     if kernel.ndim < 3:
         raise ValueError(f"conv_from_codes needs a (*window, in, out) kernel, got shape {kernel.shape}")
     bias = None if exported.bias is None else jnp.asarray(exported.bias)
-    return _conv(jnp.asarray(x, jnp.float32), kernel, bias, _tuple(strides, kernel.ndim - 2), padding)
+    return conv(jnp.asarray(x, jnp.float32), kernel, bias, as_tuple(strides, kernel.ndim - 2), padding)
 
 
 def _apot_magnitude(exported: ExportedKernel, what: str):

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from apot_common.tables import FLOAT32_TINY
-from apot_jax.observer import APoTQParams, _as_float32
+from apot_jax._float32 import as_float32
+from apot_jax.observer import APoTQParams
 from apot_jax.quantizer import quant_dequant
 
 
@@ -61,7 +62,7 @@ def fake_quantize(x: jax.Array, qparams: APoTQParams) -> jax.Array:
     >>> aj.fake_quantize(x, qp).tolist(), jax.grad(lambda v: aj.fake_quantize(v, qp).sum())(x).tolist()
     ([0.3333333432674408, 0.0, 1.0], [1.0, 1.0, 0.0])
     """
-    _as_float32(x, "fake_quantize")  # dtype check at trace time
+    as_float32(x, "fake_quantize")  # dtype check at trace time
     return _fake_quantize(
         x,
         qparams.alpha,

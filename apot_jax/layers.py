@@ -46,6 +46,7 @@ from jax import lax
 
 from apot_common.config import CONFIG_TYPES, LearnableAPoTConfig, QuantizerConfig, from_scheme
 from apot_common.tables import LevelSet
+from apot_jax._conv import as_tuple, conv
 from apot_jax.fake_quantize_module import linen_from_config, nnx_from_config
 
 _SCHEMES = ("apot", "uniform", None)
@@ -176,24 +177,6 @@ def _dense(x: jax.Array, kernel: jax.Array, bias: jax.Array | None) -> jax.Array
     return y if bias is None else y + bias
 
 
-def _conv(
-    x: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array | None,
-    strides: Sequence[int],
-    padding: str | Sequence[tuple[int, int]],
-) -> jax.Array:
-    # Channels-last, like nn.Conv: x (N, *spatial, C_in), kernel (*window, C_in, C_out).
-    spatial = "HWDXYZ"[: kernel.ndim - 2]
-    dn = lax.conv_dimension_numbers(x.shape, kernel.shape, (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"))
-    y = lax.conv_general_dilated(x, kernel, tuple(strides), padding, dimension_numbers=dn)
-    return y if bias is None else y + bias
-
-
-def _tuple(value: int | Sequence[int], n: int) -> tuple[int, ...]:
-    return (int(value),) * n if isinstance(value, int) else tuple(int(v) for v in value)
-
-
 # --------------------------------------------------------------------------
 # linen
 
@@ -299,7 +282,7 @@ class APoTConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, window + (x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", self.bias_init, (self.features,), jnp.float32) if self.use_bias else None
         x, kernel = _linen_quantized_operands(self, x, kernel)
-        return _conv(x, kernel, bias, _tuple(self.strides, len(window)), self.padding)
+        return conv(x, kernel, bias, as_tuple(self.strides, len(window)), self.padding)
 
 
 # --------------------------------------------------------------------------
@@ -393,7 +376,7 @@ class NNXAPoTConv(nnx.Module):
         window = tuple(int(s) for s in kernel_size)
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.kernel_size = window
-        self.strides = _tuple(strides, len(window))
+        self.strides = as_tuple(strides, len(window))
         self.padding = padding
         self.kernel = nnx.Param(kernel_init(rngs.params(), window + (in_features, out_features), jnp.float32))
         self.bias = nnx.Param(bias_init(rngs.params(), (out_features,), jnp.float32)) if use_bias else None
@@ -403,7 +386,7 @@ class NNXAPoTConv(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """``x (N, *spatial, in_features)`` float32 -> ``(N, *spatial_out, out_features)``."""
         x, kernel = _nnx_quantized_operands(self, x)
-        return _conv(x, kernel, None if self.bias is None else self.bias[...], self.strides, self.padding)
+        return conv(x, kernel, None if self.bias is None else self.bias[...], self.strides, self.padding)
 
 
 __all__ = ["PAPER", "SIGN_MAGNITUDE", "APoTConv", "APoTDense", "NNXAPoTConv", "NNXAPoTDense", "input_config",

@@ -25,18 +25,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+import apot_jax._float32 as _float32
 from apot_common.tables import FLOAT32_TINY, UnsignedTable, grid_size
 
 _TINY = jnp.float32(FLOAT32_TINY)
 _LARGEST_SUBNORMAL = 0x007FFFFF  # bit pattern of the largest subnormal float32
-
-
-def _bits(x: jax.Array) -> jax.Array:
-    return lax.bitcast_convert_type(x, jnp.int32)
-
-
-def _float(bits: jax.Array) -> jax.Array:
-    return lax.bitcast_convert_type(bits, jnp.float32)
 
 
 def flush_subnormal(x: jax.Array) -> jax.Array:
@@ -48,19 +41,6 @@ def positive_zero(x: jax.Array) -> jax.Array:
     """Zeros and subnormals become ``+0.0``: statistics and alpha carry no
     sign of zero, which ``min``/``max`` would otherwise pick per backend."""
     return jnp.where(jnp.abs(x) < _TINY, jnp.float32(0), x)
-
-
-def _scale_by_power_of_two(x: jax.Array, e: jax.Array) -> jax.Array:
-    """``x * 2**e`` for normal ``x`` and ``e <= 1``, exact; zero where the result
-    would be subnormal, +-inf where it overflows. Done on the exponent bits so
-    no backend rounds."""
-    bits = _bits(x)
-    biased = ((bits >> 23) & 0xFF) + e
-    scaled = _float(bits + (e << 23))
-    keep = (biased >= 1) & (x != 0)
-    scaled = jnp.where(keep, scaled, x * 0)
-    scaled = jnp.where(biased >= 255, x * jnp.float32(jnp.inf), scaled)
-    return jnp.where(jnp.isfinite(x), scaled, x)
 
 
 def gamma(alpha: jax.Array, p_sum: float) -> jax.Array:
@@ -79,9 +59,9 @@ def gamma(alpha: jax.Array, p_sum: float) -> jax.Array:
     safe = jnp.where(valid & (alpha > 0), alpha, jnp.float32(1))
     # alpha = m * 2**e with m in [1, 2): divide the mantissa, where no operand
     # or residual can be subnormal, then put the exponent back exactly.
-    bits = _bits(safe)
+    bits = _float32.bits(safe)
     e = ((bits >> 23) & 0xFF) - 127
-    m = _float((bits & 0x007FFFFF) | (127 << 23))
+    m = _float32.from_bits((bits & 0x007FFFFF) | (127 << 23))
     p = jnp.float32(p_sum)
     q = m / p
     up = jnp.float32(jnp.inf)
@@ -90,7 +70,7 @@ def gamma(alpha: jax.Array, p_sum: float) -> jax.Array:
     # differences below are exact by Sterbenz's lemma.
     residual = (m - 2 * candidates) + candidates * jnp.float32(2.0 - p_sum)
     best = jnp.take_along_axis(candidates, jnp.argmin(jnp.abs(residual), axis=0)[None], axis=0)[0]
-    g = _scale_by_power_of_two(best, e)
+    g = _float32.scale_by_power_of_two(best, e)
     g = jnp.where(alpha > 0, g, jnp.float32(0))
     return jnp.where(valid, g, jnp.float32(jnp.nan))
 
@@ -114,17 +94,17 @@ def levels(gamma_value: jax.Array, table: UnsignedTable) -> jax.Array:
     halve = jnp.abs(g) >= 1
     mantissa = jnp.where(halve, jnp.float32(0.5), jnp.float32(1)) * jnp.asarray(table.sorted_mantissa)
     exponent = jnp.asarray(table.sorted_exponent) + halve.astype(jnp.int32)
-    return _scale_by_power_of_two(g * mantissa, exponent)
+    return _float32.scale_by_power_of_two(g * mantissa, exponent)
 
 
 def _order_key(x: jax.Array) -> jax.Array:
     """Monotone map float32 -> int32 (both zeros map to 0)."""
-    bits = _bits(x)
+    bits = _float32.bits(x)
     return jnp.where(bits >= 0, bits, -(bits & 0x7FFFFFFF))
 
 
 def _from_order_key(key: jax.Array) -> jax.Array:
-    return _float(jnp.where(key >= 0, key, (-key) | jnp.int32(-(2**31))))
+    return _float32.from_bits(jnp.where(key >= 0, key, (-key) | jnp.int32(-(2**31))))
 
 
 def _prefers_lower(x: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
@@ -184,7 +164,7 @@ def thresholds(level_values: jax.Array, alpha: jax.Array) -> jax.Array:
     # subnormal (resp. -tiny) does that whether or not the hardware itself
     # flushes subnormal operands.
     small = jnp.abs(theta) < _TINY
-    theta = jnp.where(small & (theta >= 0), _float(jnp.int32(_LARGEST_SUBNORMAL)), theta)
+    theta = jnp.where(small & (theta >= 0), _float32.from_bits(jnp.int32(_LARGEST_SUBNORMAL)), theta)
     theta = jnp.where(small & (theta < 0), -_TINY, theta)
     return theta
 

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from apot_common.tables import level_table
 from apot_jax import levels as _levels
+from apot_jax._float32 import as_float32
 
 
 class ObserverState(NamedTuple):
@@ -35,7 +36,7 @@ def observe(state: ObserverState, x: jax.Array) -> ObserverState:
     empty ``x`` leaves the state unchanged. Statistics are float32 whatever
     ``x``'s dtype.
     """
-    x = _as_float32(x, "observe")
+    x = as_float32(x, "observe")
     x = _levels.positive_zero(x)
     finite = jnp.isfinite(x)
     lo = jnp.min(jnp.where(finite, x, jnp.inf), initial=jnp.inf)
@@ -113,13 +114,6 @@ def calculate_qparams(
         k=table.k,
         signed=table.signed,
     )
-
-
-def _as_float32(x: jax.Array, what: str) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{what} needs a floating-point input, got dtype {x.dtype}")
-    return x.astype(jnp.float32)
 
 
 __all__ = [

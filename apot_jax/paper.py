@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+import apot_jax._float32 as _float32
 from apot_common.tables import (
     LEVEL_SETS,
     LevelSet,
@@ -50,9 +51,10 @@ from apot_common.tables import (
     unsigned_table,
 )
 from apot_jax import levels as _levels
+from apot_jax._float32 import as_float32
+from apot_jax._lookup import lookup
 from apot_jax.fake_quantize_function import ste_mask
-from apot_jax.observer import APoTQParams, _as_float32
-from apot_jax.quantizer import _lookup
+from apot_jax.observer import APoTQParams
 from apot_jax.quantizer import quant_dequant as _apot_quant_dequant
 
 #: The learnable fake quant's schemes: the paper's signed weights, and the
@@ -192,18 +194,18 @@ def quantize(x: jax.Array, qparams: SignMagnitudeQParams, channel_axis: int | No
     ``+c`` / ``-c`` for the positive / negative level of magnitude code ``c``
     (0 for the zero level); ``-2**(b - 1)`` for NaN input or NaN qparams.
     """
-    x = _as_float32(x, "quantize")
+    x = as_float32(x, "quantize")
     table = sign_magnitude_table(qparams.b, qparams.k, qparams.level_set)
     codes = jnp.asarray(table.code_by_position)
-    return _per_channel(lambda v, qp: _lookup(v, qp, codes, table.nan_code), x, qparams, channel_axis)
+    return _per_channel(lambda v, qp: lookup(v, qp, codes, table.nan_code), x, qparams, channel_axis)
 
 
 def quant_dequant(x: jax.Array, qparams: SignMagnitudeQParams, channel_axis: int | None = None) -> jax.Array:
     """Nearest sign-magnitude level of each element (contract rule, section 5,
     on the symmetric set); shape and dtype of ``x``; NaN stays NaN."""
     dtype = jnp.asarray(x).dtype
-    x32 = _as_float32(x, "quant_dequant")
-    out = _per_channel(lambda v, qp: _lookup(v, qp, qp.quantization_levels, jnp.nan), x32, qparams, channel_axis)
+    x32 = as_float32(x, "quant_dequant")
+    out = _per_channel(lambda v, qp: lookup(v, qp, qp.quantization_levels, jnp.nan), x32, qparams, channel_axis)
     return out.astype(dtype)
 
 
@@ -246,9 +248,9 @@ def reciprocal(alpha: jax.Array) -> jax.Array:
     """
     alpha = _levels.flush_subnormal(jnp.asarray(alpha, jnp.float32))
     normal = jnp.isfinite(alpha) & (alpha > 0)
-    bits = _levels._bits(jnp.where(normal, alpha, jnp.float32(1)))
+    bits = _float32.bits(jnp.where(normal, alpha, jnp.float32(1)))
     e = ((bits >> 23) & 0xFF) - 127
-    m = _levels._float((bits & 0x007FFFFF) | (127 << 23))  # alpha = m * 2**e, m in [1, 2)
+    m = _float32.from_bits((bits & 0x007FFFFF) | (127 << 23))  # alpha = m * 2**e, m in [1, 2)
     q = jnp.float32(1) / m  # within an ulp or two of 1/m, in (0.5, 1]
     up, down = jnp.float32(jnp.inf), jnp.float32(-jnp.inf)
     below = jnp.nextafter(q, down)
@@ -261,7 +263,7 @@ def reciprocal(alpha: jax.Array) -> jax.Array:
     big_m = (m * jnp.float32(2.0**23)).astype(jnp.int32)
     residual = -(big_c * big_m)
     best = jnp.take_along_axis(candidates, jnp.argmin(jnp.abs(residual), axis=0)[None], axis=0)[0]
-    r = _levels._scale_by_power_of_two(best, -e)
+    r = _float32.scale_by_power_of_two(best, -e)
     r = jnp.where(normal, r, jnp.float32(0))
     return jnp.where((alpha < 0) | jnp.isnan(alpha), jnp.float32(jnp.nan), r)
 
@@ -399,7 +401,7 @@ def learnable_fake_quantize(
       (per channel: over every axis but ``channel_axis``), so it is bitwise
       reproducible too.
     """
-    _as_float32(x, "learnable_fake_quantize")
+    as_float32(x, "learnable_fake_quantize")
     _check_scheme(scheme, b, k, level_set)
     alpha = jnp.asarray(alpha, jnp.float32)
     if channel_axis is not None:
@@ -452,7 +454,7 @@ def fit_alpha(
       ``channel_axis`` or ``candidates``; ``x`` empty, not finite, or
       without a positive ``top`` (in some channel).
     """
-    x = _as_float32(x, "fit_alpha")
+    x = as_float32(x, "fit_alpha")
     _check_scheme(scheme, b, k, level_set)
     if channel_axis is None:
         rows = x.reshape(1, -1)

@@ -10,58 +10,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from apot_common.tables import level_table
-from apot_jax import levels as _levels
-from apot_jax.observer import APoTQParams, _as_float32
+from apot_jax._float32 import as_float32
+from apot_jax._lookup import SELECT_CHAIN_MAX_LEVELS, lookup  # SELECT_CHAIN_MAX_LEVELS: re-exported, in __all__
+from apot_jax.observer import APoTQParams
 
 #: Code returned by ``quantize`` for NaN input (and for unobserved qparams).
 NAN_CODE = -1
-
-
-#: Up to this many levels, rounding is a chain of compare-and-selects against
-#: scalar thresholds (vectorises, no gather); above it, a per-cell lookup.
-SELECT_CHAIN_MAX_LEVELS = 16
-
-
-def _lookup(x: jax.Array, qparams: APoTQParams, values: jax.Array, nan_value) -> jax.Array:
-    """``values[p(x)]`` for the contract's chosen position ``p`` of each element.
-
-    ``x`` is float32; ``values`` is indexed by sorted position (shape ``(N,)``).
-    All three strategies compute ``p = count(thresholds < x)``; they differ
-    only in speed (measured in ``benchmarks/bench_jax.py``).
-    """
-    theta = _levels.thresholds(qparams.quantization_levels, qparams.alpha)
-    n = theta.shape[0]
-
-    def select_chain(x):
-        out = jnp.broadcast_to(values[0], x.shape)
-        for j in range(n - 1):
-            out = jnp.where(x > theta[j], values[j + 1], out)
-        return out
-
-    def binary_search(x):
-        return values[jnp.searchsorted(theta, x, side="left")]
-
-    if n <= SELECT_CHAIN_MAX_LEVELS:
-        out = select_chain(x)
-    else:
-        grid = _levels.rounding_grid(theta, qparams.quantization_levels, qparams.alpha)
-        cells = grid.threshold.shape[0]
-        below, above = values[grid.lower], values[grid.upper]
-
-        def one_comparison(x):
-            c = _levels.grid_cell(x, grid.origin, grid.scale, cells)
-            # grid_cell clips to [0, cells): skip the gathers' own bounds handling
-            def get(table):
-                return table.at[c].get(mode="promise_in_bounds")
-
-            return jnp.where(x > get(grid.threshold), get(above), get(below))
-
-        out = lax.cond(grid.exact, one_comparison, binary_search, x)
-    invalid = jnp.isnan(x) | jnp.isnan(qparams.gamma)
-    return jnp.where(invalid, jnp.asarray(nan_value, values.dtype), out)
 
 
 def quantize(x: jax.Array, qparams: APoTQParams) -> jax.Array:
@@ -81,8 +37,8 @@ def quantize(x: jax.Array, qparams: APoTQParams) -> jax.Array:
     >>> codes.tolist(), aj.dequantize(codes, qp).tolist()
     ([1, 0, 5, -1], [0.3333333432674408, 0.0, 1.0, nan])
     """
-    x = _as_float32(x, "quantize")
-    return _lookup(x, qparams, qparams.level_indices.astype(jnp.int32), NAN_CODE)
+    x = as_float32(x, "quantize")
+    return lookup(x, qparams, qparams.level_indices.astype(jnp.int32), NAN_CODE)
 
 
 def dequantize(codes: jax.Array, qparams: APoTQParams) -> jax.Array:
@@ -127,8 +83,8 @@ def quant_dequant(x: jax.Array, qparams: APoTQParams) -> jax.Array:
     Equals ``dequantize(quantize(x))`` (NaN stays NaN).
     """
     dtype = jnp.asarray(x).dtype
-    x32 = _as_float32(x, "quant_dequant")
-    return _lookup(x32, qparams, qparams.quantization_levels, jnp.nan).astype(dtype)
+    x32 = as_float32(x, "quant_dequant")
+    return lookup(x32, qparams, qparams.quantization_levels, jnp.nan).astype(dtype)
 
 
 __all__ = [

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from apot_torch.quantizer import APoTQuantizer, as_float32
+from apot_torch._float32 import as_float32
+from apot_torch.quantizer import APoTQuantizer
 
 
 def _as_tensor(x: Tensor | float, what: str) -> Tensor:

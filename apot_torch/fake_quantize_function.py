@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from apot_common.tables import FLOAT32_TINY
-from apot_torch.quantizer import APoTQuantizer, as_float32, scalar_qparams
+from apot_torch._float32 import as_float32
+from apot_torch.quantizer import APoTQuantizer, scalar_qparams
 
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 #: The largest subnormal float32, 2**-126 - 2**-149 (exact in float32).

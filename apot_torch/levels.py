@@ -11,18 +11,11 @@ from typing import NamedTuple
 
 import torch
 
+import apot_torch._float32 as _float32
 from apot_common.tables import FLOAT32_TINY, UnsignedTable, grid_size
 
 _LARGEST_SUBNORMAL = 0x007FFFFF
 _INT32_MIN = -(2**31)
-
-
-def _bits(x: torch.Tensor) -> torch.Tensor:
-    return x.contiguous().view(torch.int32)
-
-
-def _float(bits: torch.Tensor) -> torch.Tensor:
-    return bits.contiguous().view(torch.float32)
 
 
 def flush_subnormal(x: torch.Tensor) -> torch.Tensor:
@@ -33,18 +26,6 @@ def flush_subnormal(x: torch.Tensor) -> torch.Tensor:
 def positive_zero(x: torch.Tensor) -> torch.Tensor:
     """Zeros and subnormals become ``+0.0`` (see ``apot_jax.levels.positive_zero``)."""
     return torch.where(x.abs() < FLOAT32_TINY, torch.zeros_like(x), x)
-
-
-def _scale_by_power_of_two(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """``x * 2**e`` for normal ``x`` and ``e <= 1``, exact; zero where the result
-    would be subnormal, +-inf where it overflows (done on the exponent bits)."""
-    bits = _bits(x)
-    biased = ((bits >> 23) & 0xFF) + e
-    scaled = _float(bits + (e << 23))
-    keep = (biased >= 1) & (x != 0)
-    scaled = torch.where(keep, scaled, x * 0)
-    scaled = torch.where(biased >= 255, x * float("inf"), scaled)
-    return torch.where(torch.isfinite(x), scaled, x)
 
 
 def gamma(alpha: torch.Tensor, p_sum: float) -> torch.Tensor:
@@ -62,16 +43,16 @@ def gamma(alpha: torch.Tensor, p_sum: float) -> torch.Tensor:
     valid = torch.isfinite(alpha) & (alpha >= 0)
     one = torch.ones_like(alpha)
     safe = torch.where(valid & (alpha > 0), alpha, one)
-    bits = _bits(safe)
+    bits = _float32.bits(safe)
     e = ((bits >> 23) & 0xFF) - 127
-    m = _float((bits & 0x007FFFFF) | (127 << 23))
+    m = _float32.from_bits((bits & 0x007FFFFF) | (127 << 23))
     q = m / p_sum
     inf = torch.full_like(q, float("inf"))
     candidates = torch.stack([torch.nextafter(q, -inf), q, torch.nextafter(q, inf)])
     # residual m - c * p_sum, exact (see apot_jax.levels.gamma)
     residual = (m - 2 * candidates) + candidates * (2.0 - p_sum)
     best = torch.gather(candidates, 0, residual.abs().argmin(dim=0, keepdim=True))[0]
-    g = _scale_by_power_of_two(best, e)
+    g = _float32.scale_by_power_of_two(best, e)
     g = torch.where(alpha > 0, g, torch.zeros_like(g))
     return torch.where(valid, g, torch.full_like(g, float("nan")))
 
@@ -86,16 +67,16 @@ def levels(gamma_value: torch.Tensor, table: UnsignedTable) -> torch.Tensor:
     halve = g.abs() >= 1
     mantissa = torch.where(halve, 0.5, 1.0) * torch.tensor(table.sorted_mantissa, device=device)
     exponent = torch.tensor(table.sorted_exponent, device=device) + halve.to(torch.int32)
-    return _scale_by_power_of_two(g * mantissa, exponent)
+    return _float32.scale_by_power_of_two(g * mantissa, exponent)
 
 
 def _order_key(x: torch.Tensor) -> torch.Tensor:
-    bits = _bits(x)
+    bits = _float32.bits(x)
     return torch.where(bits >= 0, bits, -(bits & 0x7FFFFFFF))
 
 
 def _from_order_key(key: torch.Tensor) -> torch.Tensor:
-    return _float(torch.where(key >= 0, key, (-key) | _INT32_MIN))
+    return _float32.from_bits(torch.where(key >= 0, key, (-key) | _INT32_MIN))
 
 
 def _prefers_lower(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
@@ -137,7 +118,7 @@ def thresholds(level_values: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     alpha = alpha.to(torch.float32).unsqueeze(-1)  # one alpha per row
     theta = torch.where(theta >= alpha, inf, torch.where(theta < -alpha, -inf, theta))
     small = theta.abs() < FLOAT32_TINY
-    largest_subnormal = _float(torch.tensor(_LARGEST_SUBNORMAL, dtype=torch.int32, device=theta.device))
+    largest_subnormal = _float32.from_bits(torch.tensor(_LARGEST_SUBNORMAL, dtype=torch.int32, device=theta.device))
     theta = torch.where(small & (theta >= 0), largest_subnormal, theta)
     theta = torch.where(small & (theta < 0), -FLOAT32_TINY, theta)
     return theta

@@ -11,7 +11,7 @@ from torch.ao.quantization.observer import ObserverBase
 
 from apot_common.tables import level_table, validate_bits
 from apot_torch import levels as _levels
-from apot_torch.quantizer import as_float32
+from apot_torch._float32 import as_float32
 
 
 def observed_alpha(min_val: Tensor, max_val: Tensor) -> Tensor:

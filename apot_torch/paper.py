@@ -16,6 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+import apot_torch._float32 as _float32
 from apot_common.tables import (
     LEVEL_SETS,
     LevelSet,
@@ -25,8 +26,10 @@ from apot_common.tables import (
     unsigned_table,
 )
 from apot_torch import levels as _levels
+from apot_torch._float32 import as_float32
+from apot_torch._lookup import lookup
 from apot_torch.fake_quantize_function import ste_mask
-from apot_torch.quantizer import APoTQuantizer, _lookup, as_float32
+from apot_torch.quantizer import APoTQuantizer
 
 #: The learnable fake quant's level sets (``apot_jax.paper.SCHEMES``).
 SCHEMES = ("sign-magnitude", "unsigned")
@@ -164,7 +167,7 @@ def quantize(x: Tensor, qparams: SignMagnitudeQParams, channel_axis: int | None 
     codes = torch.tensor(table.code_by_position, device=x.device)
     axis = _check_channels(x, qparams, channel_axis)
     if axis is None:
-        return _lookup(x, qparams.alpha, qparams.gamma, qparams.quantization_levels, codes, table.nan_code)
+        return lookup(x, qparams.alpha, qparams.gamma, qparams.quantization_levels, codes, table.nan_code)
     out = codes[_channel_positions(x, qparams, axis)]
     out = torch.where(_channel_invalid(x, qparams, axis), table.nan_code, out)
     return _unrows(out, x, axis)
@@ -176,7 +179,7 @@ def quant_dequant(x: Tensor, qparams: SignMagnitudeQParams, channel_axis: int | 
     axis = _check_channels(x32, qparams, channel_axis)
     levels = qparams.quantization_levels
     if axis is None:
-        out = _lookup(x32, qparams.alpha, qparams.gamma, levels, levels, float("nan"))
+        out = lookup(x32, qparams.alpha, qparams.gamma, levels, levels, float("nan"))
     else:
         rows = torch.gather(levels, 1, _channel_positions(x32, qparams, axis))
         rows = torch.where(_channel_invalid(x32, qparams, axis), float("nan"), rows)
@@ -214,9 +217,9 @@ def reciprocal(alpha: Tensor) -> Tensor:
     and ``+inf`` alpha; NaN for negative or NaN alpha)."""
     alpha = _levels.flush_subnormal(alpha.to(torch.float32))
     normal = torch.isfinite(alpha) & (alpha > 0)
-    bits = _levels._bits(torch.where(normal, alpha, torch.ones_like(alpha)))
+    bits = _float32.bits(torch.where(normal, alpha, torch.ones_like(alpha)))
     e = ((bits >> 23) & 0xFF) - 127
-    m = _levels._float((bits & 0x007FFFFF) | (127 << 23))
+    m = _float32.from_bits((bits & 0x007FFFFF) | (127 << 23))
     q = 1.0 / m
     inf = torch.full_like(q, float("inf"))
     below = torch.nextafter(q, -inf)
@@ -228,7 +231,7 @@ def reciprocal(alpha: Tensor) -> Tensor:
     big_m = (m * 2.0**23).to(torch.int64)
     residual = 2**48 - big_c * big_m
     best = torch.gather(candidates, 0, residual.abs().argmin(dim=0, keepdim=True))[0]
-    r = _levels._scale_by_power_of_two(best, -e)
+    r = _float32.scale_by_power_of_two(best, -e)
     r = torch.where(normal, r, torch.zeros_like(r))
     return torch.where((alpha < 0) | torch.isnan(alpha), float("nan"), r)
 

@@ -47,10 +47,11 @@ from apot_common.config import (
 )
 from apot_common.tables import level_table, sign_magnitude_table
 from apot_torch import levels as _levels
+from apot_torch._float32 import as_float32
 from apot_torch.export import ExportedWeight, dequantize_weight, export_weight
 from apot_torch.fake_quantize_module import APoTFakeQuantize, LearnableAPoTFakeQuantize, SignMagnitudeFakeQuantize
 from apot_torch.paper import sign_magnitude_qparams, unsigned_qparams
-from apot_torch.quantizer import APoTQuantizer, TensorAPoT, as_float32
+from apot_torch.quantizer import APoTQuantizer, TensorAPoT
 
 try:
     from torchao.core.config import AOBaseConfig

@@ -31,7 +31,7 @@ import torch
 from apot_common.tables import default_magnitude_k
 from apot_jax import paper as jpaper
 from apot_torch import paper as tpaper
-from apot_torch.quantizer import _lookup
+from apot_torch._lookup import lookup
 
 
 def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -50,7 +50,7 @@ def median_ms(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, f
 def torch_loop_per_channel(w: torch.Tensor, qp: tpaper.SignMagnitudeQParams) -> torch.Tensor:
     """The earlier per-channel quant_dequant: one per-tensor lookup per row."""
     rows = [
-        _lookup(w[c], qp.alpha[c], qp.gamma[c], qp.quantization_levels[c], qp.quantization_levels[c], float("nan"))
+        lookup(w[c], qp.alpha[c], qp.gamma[c], qp.quantization_levels[c], qp.quantization_levels[c], float("nan"))
         for c in range(w.shape[0])
     ]
     return torch.stack(rows)

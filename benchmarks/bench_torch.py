@@ -9,7 +9,7 @@ forward+backward with ``requires_grad``), and the ratios APoT / eager uniform
 and APoT / uniform in the same mode (< 1: APoT is faster), all in one run.
 The qparams are the same at every call: compiled code recomputes the
 rounding tables in its graph every time anyway; eager code keeps them for
-qparams it has seen (``apot_torch.quantizer._rounding_tables``), and the row
+qparams it has seen (``apot_torch._lookup._rounding_tables``), and the row
 ``apot eager new`` clears that cache before each call, i.e. recomputes them
 as in QAT with the observer on, where the qparams change every step. The
 functions take turns within each repeat; on a shared machine ``--threads 1``
@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 import apot_torch as at
-import apot_torch.quantizer as aq
+import apot_torch._lookup as lk
 
 
 def median_ms(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
@@ -98,7 +98,7 @@ def main() -> None:
             return at.fake_quantize_function.apply(v, *qp)
 
         def apot_new(v: torch.Tensor) -> torch.Tensor:
-            aq._TABLE_CACHE.clear()  # as if the qparams were new
+            lk._TABLE_CACHE.clear()  # as if the qparams were new
             return apot(v)
 
         rows = {

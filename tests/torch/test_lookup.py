@@ -1,7 +1,9 @@
-"""The torch rounding lookup's strategies (select chain, chunked exact grid,
-the grid as a compiled kernel, ``torch.compile``) against the brute-force
-reference, and its table cache (recomputed when qparams change in place,
-bounded)."""
+"""apot_torch._lookup, the rounding lookup: its strategies (select chain,
+chunked exact grid, the grid as a compiled kernel, the ``apot::`` operators
+inside a compiled graph, forward and gradient) against the brute-force
+reference on adversarial inputs (every level, midpoint and their float32
+neighbours, NaN, +-inf, subnormals), and its table cache (recomputed when
+qparams change in place, bounded)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 import torch
 
 import apot_torch as at
-import apot_torch.quantizer as aq
+import apot_torch._lookup as lk
 from apot_common.tables import num_combinations
 from apot_torch.quantizer import SELECT_CHAIN_MAX_LEVELS
 from tests.helpers import bits
@@ -49,9 +51,7 @@ def test_select_chain_matches_reference(b, k, signed, monkeypatch):
 def test_chunked_lookup_matches_reference(b, k, signed, monkeypatch):
     """On CPU the one-comparison lookup runs in chunks; use tiny ones so that
     the adversarial inputs span many, the last one partial."""
-    import apot_torch.quantizer
-
-    monkeypatch.setattr(apot_torch.quantizer, "_CPU_CHUNK", 97)
+    monkeypatch.setattr(lk, "_CPU_CHUNK", 97)
     rng = np.random.default_rng(11 * b + k)
     for mn, mx in STATS[:3]:
         ref = reference_qparams(mn, mx, b, k, signed)
@@ -64,15 +64,15 @@ def test_chunked_lookup_matches_reference(b, k, signed, monkeypatch):
 def test_grid_lookup_matches_reference(b, k, signed, monkeypatch):
     """Force the grid kernel (normally compiled) to run eagerly in place of
     ``_one_comparison``, and compare with the exact reference."""
-    monkeypatch.setattr(aq, "_compiled_grid_lookup", lambda: aq._grid_lookup)
+    monkeypatch.setattr(lk, "_compiled_grid_lookup", lambda: lk._grid_lookup)
     calls = []
-    real = aq._eager_lookup
+    real = lk._eager_lookup
 
     def inductor_lookup(x, alpha, gamma, levels, values, nan_value, inductor):
         calls.append(1)
         return real(x, alpha, gamma, levels, values, nan_value, True)
 
-    monkeypatch.setattr(aq, "_eager_lookup", inductor_lookup)
+    monkeypatch.setattr(lk, "_eager_lookup", inductor_lookup)
     rng = np.random.default_rng(31 * b + k)
     for mn, mx in STATS:
         ref = reference_qparams(mn, mx, b, k, signed)
@@ -112,15 +112,15 @@ def test_table_cache_follows_qparams_changed_in_place(b, k):
     """The eager rounding tables are cached on the bits of (levels, alpha):
     the same qparam tensors changed in place (alpha alone, then levels
     alone, then both, then back) must give the reference's result each time."""
-    aq._TABLE_CACHE.clear()
+    lk._TABLE_CACHE.clear()
     rng = np.random.default_rng(b)
     qp = qparams(-3.0, 3.0, b, k)
     alpha0, _, levels0, indices = reference_qparams(-3.0, 3.0, b, k, False)
     x = adversarial_inputs(alpha0, levels0, rng, n_random=500)
     _check_eager(x, qp, alpha0, levels0, indices)
-    assert len(aq._TABLE_CACHE) == 1
+    assert len(lk._TABLE_CACHE) == 1
     _check_eager(x, qp, alpha0, levels0, indices)  # a hit
-    assert len(aq._TABLE_CACHE) == 1
+    assert len(lk._TABLE_CACHE) == 1
     qp[0].fill_(1.25)  # alpha alone: clips inside the levels
     _check_eager(x, qp, 1.25, levels0, indices)
     _, _, levels1, _ = reference_qparams(-0.7, 0.7, b, k, False)
@@ -135,18 +135,18 @@ def test_table_cache_follows_qparams_changed_in_place(b, k):
     for mine, theirs in zip(qp, qparams(-3.0, 3.0, b, k)):
         mine.copy_(theirs)
     _check_eager(x, qp, alpha0, levels0, indices)
-    assert len(aq._TABLE_CACHE) == 4
+    assert len(lk._TABLE_CACHE) == 4
 
 
 def test_table_cache_is_bounded():
-    aq._TABLE_CACHE.clear()
+    lk._TABLE_CACHE.clear()
     x = torch.linspace(-2, 2, 101)
-    for i in range(aq._TABLE_CACHE_SIZE + 5):
+    for i in range(lk._TABLE_CACHE_SIZE + 5):
         mx = 1.0 + i / 64
         qp = qparams(-mx, mx, 4, 2)
         alpha, _, levels, indices = reference_qparams(-mx, mx, 4, 2, False)
         _check_eager(x.numpy(), qp, alpha, levels, indices)
-    assert len(aq._TABLE_CACHE) == aq._TABLE_CACHE_SIZE
+    assert len(lk._TABLE_CACHE) == lk._TABLE_CACHE_SIZE
 
 
 @pytest.mark.parametrize("b", [4, 8])

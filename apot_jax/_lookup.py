@@ -1,0 +1,63 @@
+"""The rounding lookup of the JAX quantizers (``apot_jax.quantizer``,
+``apot_jax.paper``): the contract's chosen position of each element, by a
+select chain, a one-comparison grid or a binary search. Internal, not public
+API (mirrors ``apot_torch/_lookup.py``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from apot_jax import levels as _levels
+from apot_jax.observer import APoTQParams
+
+#: Up to this many levels, rounding is a chain of compare-and-selects against
+#: scalar thresholds (vectorises, no gather); above it, a per-cell lookup.
+SELECT_CHAIN_MAX_LEVELS = 16
+
+
+def lookup(x: jax.Array, qparams: APoTQParams, values: jax.Array, nan_value) -> jax.Array:
+    """``values[p(x)]`` for the contract's chosen position ``p`` of each element.
+
+    ``x`` is float32; ``values`` is indexed by sorted position (shape ``(N,)``).
+    All three strategies compute ``p = count(thresholds < x)``; they differ
+    only in speed (measured in ``benchmarks/bench_jax.py``).
+    """
+    theta = _levels.thresholds(qparams.quantization_levels, qparams.alpha)
+    n = theta.shape[0]
+
+    def select_chain(x):
+        out = jnp.broadcast_to(values[0], x.shape)
+        for j in range(n - 1):
+            out = jnp.where(x > theta[j], values[j + 1], out)
+        return out
+
+    def binary_search(x):
+        return values[jnp.searchsorted(theta, x, side="left")]
+
+    if n <= SELECT_CHAIN_MAX_LEVELS:
+        out = select_chain(x)
+    else:
+        grid = _levels.rounding_grid(theta, qparams.quantization_levels, qparams.alpha)
+        cells = grid.threshold.shape[0]
+        below, above = values[grid.lower], values[grid.upper]
+
+        def one_comparison(x):
+            c = _levels.grid_cell(x, grid.origin, grid.scale, cells)
+            # grid_cell clips to [0, cells): skip the gathers' own bounds handling
+            def get(table):
+                return table.at[c].get(mode="promise_in_bounds")
+
+            return jnp.where(x > get(grid.threshold), get(above), get(below))
+
+        out = lax.cond(grid.exact, one_comparison, binary_search, x)
+    invalid = jnp.isnan(x) | jnp.isnan(qparams.gamma)
+    return jnp.where(invalid, jnp.asarray(nan_value, values.dtype), out)
+
+
+__all__ = [
+    "SELECT_CHAIN_MAX_LEVELS",
+    "lookup",
+]
