@@ -25,14 +25,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from apot_common.tables import default_magnitude_k, level_table, sign_magnitude_table, unsigned_table
+from apot_common.tables import LevelSet, default_magnitude_k, level_table, sign_magnitude_table, unsigned_table
 from apot_jax import paper
 from apot_jax.fake_quantize_module import uniform_quantizer
 from apot_jax.layers import PAPER, APoTConv, APoTDense
@@ -152,7 +152,7 @@ class QuantConfig:
     weight_k: int | None = None
     per_channel: bool = False
     learn_activation_alpha: bool = False
-    level_set: str = "apot"
+    level_set: LevelSet = "apot"
     first_last_bits: int | None = None
 
     def __post_init__(self) -> None:
@@ -185,7 +185,7 @@ class QuantConfig:
         if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)) or self.bits < 1:
             raise ValueError(f"QuantConfig.bits must be None or an integer >= 1, got {self.bits!r}")
         if self.recipe == "paper":
-            sign_magnitude_table(self.bits, self.magnitude_k, self.level_set)
+            sign_magnitude_table(self.bits, cast(int, self.magnitude_k), self.level_set)  # an int: bits is set
         elif self.weight_quant == "apot":
             level_table(self.bits, self.k, self.signed_weights)
         elif self.weight_quant == "uniform":
@@ -363,14 +363,14 @@ def qwix_model(name: str, quant: QuantConfig, quantize_input: bool = False, **si
 
     if quant.recipe != "prototype" or quant.first_last_bits is not None:
         raise ValueError("the Qwix model implements the prototype recipe only")
-    weight = dict(
+    weight: dict[str, Any] = dict(
         weight_bits=quant.bits if quant.weight_quant else None,
         weight_k=quant.k,
         weight_scheme="signed" if quant.signed_weights else "unsigned",
     )
-    act = dict(act_bits=quant.bits, act_k=quant.k) if quant.input_quant else {}
+    act: dict[str, Any] = dict(act_bits=quant.bits, act_k=quant.k) if quant.input_quant else {}
     first_name = "dense0" if name == "mlp" else "conv0"
-    first = {} if quantize_input else {"act_bits": None}
+    first: dict[str, Any] = {} if quantize_input else {"act_bits": None}
     rules = [ApotRule(module_path=first_name, **(weight | act | first)), ApotRule(module_path=".*", **(weight | act))]
     return qwix.quantize_model(plain_model(name, **sizes), ApotQatProvider(rules))
 
@@ -398,8 +398,10 @@ def fit_paper_alphas(params: Any, quant: QuantConfig, candidates: int = 64) -> A
     def replace(layer: Any) -> Any:
         if isinstance(layer, dict) and "alpha" in layer.get("weight_quant", {}):
             w_hat, _, _ = paper.normalize_weight(layer["kernel"], axis)
-            alpha = paper.fit_alpha(w_hat, b=quant.bits, k=quant.magnitude_k, scheme="sign-magnitude",
-                                    channel_axis=axis, candidates=candidates, level_set=quant.level_set)  # fmt: skip
+            # ints: the paper weight quant needs bits
+            alpha = paper.fit_alpha(w_hat, b=cast(int, quant.bits), k=cast(int, quant.magnitude_k),
+                                    scheme="sign-magnitude", channel_axis=axis, candidates=candidates,
+                                    level_set=quant.level_set)  # fmt: skip
             return {**layer, "weight_quant": {**layer["weight_quant"], "alpha": alpha}}
         return layer
 
@@ -446,7 +448,7 @@ def with_weights(params: dict[str, Any], source: dict[str, Any]) -> dict[str, An
             for name, layer in params.items()}  # fmt: skip
 
 
-def distinct_levels(bits: int | None, k: int, signed: bool, level_set: str = "apot") -> int | None:
+def distinct_levels(bits: int | None, k: int, signed: bool, level_set: LevelSet = "apot") -> int | None:
     """Number of distinct level values of an unsigned/signed APoT quantizer
     (``level_set`` for the paper's unsigned sets; None for float)."""
     if bits is None:

@@ -40,9 +40,15 @@ import json
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apot_cli.digits import DEFAULT_K, FIRST_LAST_BITS, MODELS
+
+if TYPE_CHECKING:
+    import flax.linen as nn
+
+    from apot_common.tables import LevelSet
+    from apot_jax.train import TrainState
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -326,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
     ks = _k_values(args.bits, args.k)
     qat_epochs = args.epochs if args.qat_epochs is None else args.qat_epochs
     signed_weights = not args.unsigned_weights
-    sizes = dict(hidden=tuple(args.hidden), channels=tuple(args.channels))
+    sizes: dict[str, Any] = dict(hidden=tuple(args.hidden), channels=tuple(args.channels))
 
     x_tr, y_tr, x_te, y_te = D.load_digits_split()
     if args.batch_size > len(x_tr):
@@ -353,6 +359,8 @@ def run(args: argparse.Namespace) -> int:
 
     total_steps = steps_per_epoch * (args.epochs + qat_epochs * (len(variants) - 1))
     bar = tqdm(total=total_steps, desc="apot qat", unit="step", disable=args.no_progress, file=sys.stderr)
+    float_state: TrainState | None
+    float_model: nn.Module | None
     float_state = float_model = None
     previous_paper = None  # the last paper row's trained params (progressive initialisation)
     timers = []  # (variant, step_fn, state) for the interleaved timing
@@ -372,6 +380,7 @@ def run(args: argparse.Namespace) -> int:
             # QAT starts from trained weights (the float model's; a paper row
             # with --paper-init progressive: the previous paper row's), with
             # observers calibrated on them (fake quant off).
+            assert float_state is not None and float_model is not None  # variants[0] is the float model
             source, v["init_from"] = float_state.params, "float"
             if quant.recipe == "paper" and args.paper_init == "progressive" and previous_paper is not None:
                 source, v["init_from"] = previous_paper
@@ -383,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
             state = T.calibrate(model, state, [x_tr])  # the whole training set, one batch
         step_fn = T.make_train_step(model, tx)
         eval_fn = T.make_eval_fn(model)
-        history = {"epoch": [], "train_loss": [], "test_accuracy": []}
+        history: dict[str, list[Any]] = {"epoch": [], "train_loss": [], "test_accuracy": []}
         if not is_float:  # accuracy right after calibration, before any QAT step
             history["epoch"].append(0)
             history["train_loss"].append(None)
@@ -426,11 +435,11 @@ def run(args: argparse.Namespace) -> int:
     # Step time: all variants timed in interleaved rounds on the same batch,
     # median per variant, so a busy machine slows every variant alike.
     xb, yb = next(D.epoch_batches(x_tr, y_tr, args.batch_size, args.seed, 0))
-    xb, yb = jnp.asarray(xb), jnp.asarray(yb)
+    x_timing, y_timing = jnp.asarray(xb), jnp.asarray(yb)
     samples: dict[int, list[float]] = {i: [] for i in range(len(timers))}
     for _ in range(max(1, args.timing_rounds)):
         for i, (_, step_fn, state) in enumerate(timers):
-            samples[i].append(D.time_step(step_fn, state, xb, yb, max(1, args.timing_steps)))
+            samples[i].append(D.time_step(step_fn, state, x_timing, y_timing, max(1, args.timing_steps)))
     float_ms = 1e3 * float(np.median(samples[0]))
     for i, (v, _, _) in enumerate(timers):
         v["step_ms"] = 1e3 * float(np.median(samples[i]))
@@ -498,7 +507,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _weight_levels(quant: Any, signed_weights: bool) -> int:
+def _weight_levels(quant: Any, signed_weights: bool) -> int | None:
     from apot_cli.digits import distinct_levels
 
     if quant.recipe == "paper":
@@ -506,10 +515,10 @@ def _weight_levels(quant: Any, signed_weights: bool) -> int:
     return distinct_levels(quant.bits, quant.k, signed_weights)
 
 
-def _activation_levels(quant: Any) -> int:
+def _activation_levels(quant: Any) -> int | None:
     from apot_cli.digits import distinct_levels
 
-    level_set = quant.level_set if quant.learn_activation_alpha else "apot"
+    level_set: LevelSet = quant.level_set if quant.learn_activation_alpha else "apot"
     return distinct_levels(quant.bits, quant.k, False, level_set)
 
 

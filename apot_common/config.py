@@ -56,6 +56,7 @@ def check_uniform_bits(b: object, signed: bool) -> int:
     tables' limit, and above 24 the integer levels are no longer exact in
     float32 (``ValueError`` naming the value)."""
     _check_int("b", b, 1)
+    assert isinstance(b, int)  # _check_int raised otherwise
     if b > UNIFORM_MAX_BITS:
         raise ValueError(f"a uniform quantizer takes at most {UNIFORM_MAX_BITS} bits, got b={b}")
     if signed and b < 2:

@@ -16,6 +16,7 @@ from fractions import Fraction
 from typing import Literal, Union
 
 import numpy as np
+import numpy.typing as npt
 
 #: Largest number of combinations (levels) a table may have. 2**16 covers every
 #: unsigned configuration up to b = 16; the prototype-compatible signed tables
@@ -132,7 +133,7 @@ class LevelTable:
         return int(self.base_sum.shape[0])
 
 
-def _term_sets(k: int, n: int, signed: bool) -> list[list[int]]:
+def _term_sets(k: int, n: int, signed: bool) -> list[list[tuple[str, int]]]:
     """P_i as exponents: ``e`` stands for ``2**-e``, ``-e - 1`` for ``-2**-e``.
 
     Encoded as signed integers over a common denominator later; here we only
@@ -450,7 +451,7 @@ class SignMagnitudeTable:
     magnitude: UnsignedTable
     code_by_position: np.ndarray
     nan_code: int
-    level_set: str = "apot"
+    level_set: LevelSet = "apot"
 
     @property
     def num_levels(self) -> int:
@@ -523,7 +524,7 @@ def sign_magnitude_table(b: int, k: int, level_set: LevelSet = "apot") -> SignMa
 
 
 @functools.lru_cache(maxsize=None)
-def _build_sign_magnitude_table(b: int, k: int, level_set: str) -> SignMagnitudeTable:
+def _build_sign_magnitude_table(b: int, k: int, level_set: LevelSet) -> SignMagnitudeTable:
     if level_set == "apot":
         magnitude: UnsignedTable = level_table(b - 1, k, False)
     elif b == 2:  # the paper's 2-bit weights: ternary, build_power_value(1, additive=False) == {0, 1}
@@ -539,7 +540,7 @@ def _build_sign_magnitude_table(b: int, k: int, level_set: str) -> SignMagnitude
     )
 
 
-def fit_alpha_grid(top: np.ndarray, candidates: int, what: str) -> np.ndarray:
+def fit_alpha_grid(top: npt.ArrayLike, candidates: int, what: str) -> np.ndarray:
     """The candidate alphas of ``fit_alpha`` (``docs/numerics.md`` 9.6):
     ``fl(fl(i / candidates) * top)`` for ``i = 1..candidates``, shape
     ``(candidates, C)`` float32 for ``top`` of shape ``(C,)``.
@@ -554,11 +555,11 @@ def fit_alpha_grid(top: np.ndarray, candidates: int, what: str) -> np.ndarray:
     """
     if int(candidates) < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
-    top = np.asarray(top, np.float32)
-    if not (top > 0).all():
+    top32 = np.asarray(top, np.float32)
+    if not (top32 > 0).all():
         raise ValueError(f"fit_alpha needs a positive {what} in x")
     fractions = np.arange(1, int(candidates) + 1, dtype=np.float32) / np.float32(candidates)
-    return fractions[:, None] * top[None, :]
+    return fractions[:, None] * top32[None, :]
 
 
 __all__ = [

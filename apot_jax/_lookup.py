@@ -6,6 +6,8 @@ API (mirrors ``apot_torch/_lookup.py``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -13,12 +15,15 @@ from jax import lax
 from apot_jax import levels as _levels
 from apot_jax.observer import APoTQParams
 
+if TYPE_CHECKING:  # apot_jax.paper imports this module
+    from apot_jax.paper import SignMagnitudeQParams
+
 #: Up to this many levels, rounding is a chain of compare-and-selects against
 #: scalar thresholds (vectorises, no gather); above it, a per-cell lookup.
 SELECT_CHAIN_MAX_LEVELS = 16
 
 
-def lookup(x: jax.Array, qparams: APoTQParams, values: jax.Array, nan_value) -> jax.Array:
+def lookup(x: jax.Array, qparams: APoTQParams | SignMagnitudeQParams, values: jax.Array, nan_value) -> jax.Array:
     """``values[p(x)]`` for the contract's chosen position ``p`` of each element.
 
     ``x`` is float32; ``values`` is indexed by sorted position (shape ``(N,)``).

@@ -55,7 +55,7 @@ class ExportedKernel:
     b: int
     k: int
     per_channel: bool
-    level_set: str = "apot"
+    level_set: LevelSet = "apot"
 
     def code_bytes(self) -> int:
         """Bytes of the codes packed at ``b`` bits each."""

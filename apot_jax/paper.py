@@ -82,7 +82,7 @@ class SignMagnitudeQParams:
     quantization_levels: jax.Array
     b: int
     k: int
-    level_set: str = "apot"
+    level_set: LevelSet = "apot"
 
 
 jax.tree_util.register_dataclass(
@@ -149,7 +149,7 @@ def check_learnable(
         raise ValueError("the unsigned (activation) scheme takes neither normalize nor channel_axis")
 
 
-def _check_scheme(scheme: str, b: int, k: int, level_set: str = "apot") -> None:
+def _check_scheme(scheme: str, b: int, k: int, level_set: LevelSet = "apot") -> None:
     check_level_set(level_set)
     if scheme == "sign-magnitude":
         sign_magnitude_table(b, k, level_set)
@@ -333,7 +333,7 @@ def _broadcast_channel(alpha: jax.Array, ndim: int, channel_axis: int | None) ->
 
 
 #: static configuration of the learnable fake quant: (b, k, channel_axis, scheme, level_set)
-_Config = tuple[int, int, int | None, str, str]
+_Config = tuple[int, int, int | None, str, LevelSet]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

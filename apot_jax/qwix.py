@@ -226,6 +226,7 @@ def _fake_quant(name: str, x: jax.Array, quant: QuantizerConfig, channel_axis: i
     update = flax_util.should_update_quant_stats()
     if isinstance(module, nn.Module):
         scope = module.scope
+        assert scope is not None  # a module qwix is running (get_current_module) is bound
         if isinstance(quant, LearnableAPoTConfig):
             shape = (x.shape[channel_axis],) if channel_axis is not None else ()
             init = quant.alpha_init
@@ -250,7 +251,8 @@ def _fake_quant(name: str, x: jax.Array, quant: QuantizerConfig, channel_axis: i
         return y
 
     channels = x.shape[channel_axis] if channel_axis is not None else None
-    sub = getattr(module, name, None)
+    # the module's state of an earlier call: of wanted's type (checked below), or None
+    sub: Any = getattr(module, name, None)
     wanted = fqm.nnx_from_config(quant, channels=channels, channel_axis=channel_axis)
     if sub is None:
         sub = wanted

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import flax.linen as nn
 import jax
@@ -57,6 +57,10 @@ class TrainState:
     params: Any
     opt_state: Any
     quant_stats: Any
+
+    if TYPE_CHECKING:  # added by flax.struct.dataclass, which does not declare it
+
+        def replace(self, **updates: Any) -> TrainState: ...
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, sample_x: jax.Array) -> TrainState:
@@ -122,7 +126,7 @@ def make_eval_fn(model: nn.Module) -> Callable[[TrainState, jax.Array], jax.Arra
     @jax.jit
     def logits(state: TrainState, x: jax.Array) -> jax.Array:
         variables = set_flags(_variables(state), observer=False)
-        return model.apply(variables, x)
+        return cast(jax.Array, model.apply(variables, x))  # no mutable=: the output alone
 
     return logits
 

@@ -18,7 +18,7 @@ The frameworks are imported when a binding is made, not at module level.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -32,6 +32,10 @@ CHUNK = 2048
 
 class _Binding:
     """What every binding derives from its ``elementwise``."""
+
+    if TYPE_CHECKING:  # defined by each binding
+
+        def elementwise(self, x, dy, min_val, max_val, b: int, k: int, signed: bool) -> Elementwise: ...
 
     def quantize(self, x, min_val, max_val, b: int, k: int, signed: bool) -> np.ndarray:
         return self.elementwise(x, np.ones_like(x), min_val, max_val, b, k, signed).codes
@@ -118,6 +122,7 @@ class JaxBinding(_Binding):
             n = sizes[name]
             cols = [np.concatenate([p[i] for p in parts[name]])[:n] for i in range(4)]
             results[name] = Elementwise(*cols)
+        assert qp is not None  # chunks >= 1: set by the first chunk
         return qp, results
 
     def observe_stream(self, batches: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:

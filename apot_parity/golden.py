@@ -339,6 +339,7 @@ def _assert_same(what: str, c: Comparison) -> None:
 
 def _generate_elements(torch_binding) -> dict[str, np.ndarray]:
     cases = build_element_cases()
+    indices: dict[tuple[int, int, bool], np.ndarray]  # level_indices of each (b, k, signed)
     rows, alphas, gammas, levels, indices = [], [], [], [], {}
     per_dtype: dict[str, dict[str, list]] = {d: {"x": [], "codes": [], "mask": [], "sizes": []} for d in DTYPE_NAMES}
     for case in cases:
@@ -367,7 +368,7 @@ def _generate_elements(torch_binding) -> dict[str, np.ndarray]:
             store["codes"].append(out.codes.astype(np.int16))
             store["mask"].append(mask)
             store["sizes"].append(x.size)
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "case": np.array(rows, np.int16),
         "stats": np.array(STATS, _F32),
         "alpha": np.array(alphas, _F32),
@@ -667,7 +668,8 @@ def check_golden(backend: str | None = None, directory: Path | str = GOLDEN_DIR,
     if select is None:
         results += _check_observer(binding, directory)
     if not results:
-        raise ValueError(f"no golden case matches configs={sorted(select)}")
+        # reached with configs only (select is not None): without them every stored case is checked
+        raise ValueError(f"no golden case matches configs={sorted(select)}")  # type: ignore[arg-type]
     return results
 
 

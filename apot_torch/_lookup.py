@@ -266,6 +266,7 @@ def _one_comparison(x: Tensor, grid: _levels.RoundingGrid, values: Tensor, nan: 
             torch.index_select(table, 0, ci, out=out[start:stop])
     if index is not None:
         return table.index_select(0, index).view(x.shape)
+    assert out is not None  # allocated exactly when index is not
     return out.view(x.shape)
 
 

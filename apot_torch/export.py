@@ -38,7 +38,7 @@ class ExportedWeight:
     b: int
     k: int
     per_channel: bool
-    level_set: str = "apot"
+    level_set: LevelSet = "apot"
 
     def code_bytes(self) -> int:
         """Bytes of the codes packed at ``b`` bits each."""

@@ -12,6 +12,8 @@ prototype's observer refused them, so ``prepare_qat`` failed).
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import Tensor
 from torch.ao.quantization.fake_quantize import FakeQuantizeBase
@@ -71,7 +73,7 @@ class _ObservedFakeQuantize(Float32State, ConfigInStateDict, FakeQuantizeBase):
     @torch.compiler.disable
     def _observe(self, X: Tensor) -> None:  # noqa: N803
         """Update the statistics with ``X`` and the qparam buffers from them."""
-        observer = self.activation_post_process
+        observer = cast(APoTObserver, self.activation_post_process)  # as each subclass builds it
         observer(X)
         # An empty or all-NaN first batch leaves nothing to compute qparams
         # from; the buffers then stay unset rather than failing calibration.
@@ -418,7 +420,7 @@ def from_config(
     check_config(config)
     signed = not isinstance(config, (APoTConfig, UniformConfig, LearnableAPoTConfig)) or config.signed
     dtype = dtype if dtype is not None else (torch.qint8 if signed else torch.quint8)
-    kw = {"dtype": dtype, "factory_kwargs": factory_kwargs}
+    kw: dict[str, Any] = {"dtype": dtype, "factory_kwargs": factory_kwargs}
     if isinstance(config, APoTConfig):
         return APoTFakeQuantize(b=config.b, k=config.k, signed=config.signed, **kw)
     if isinstance(config, SignMagnitudeConfig):

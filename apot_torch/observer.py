@@ -5,6 +5,8 @@ Mirrors ``apot_jax/observer.py``; keeps the prototype's name and signature.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 from torch.ao.quantization.observer import ObserverBase
@@ -202,7 +204,7 @@ class APoTObserver(Float32State, ConfigInStateDict, ObserverBase):
         # fresh float32 0-d buffer on the buffer's device (a copy: the
         # caller's tensor is never written later), so the qparams are 0-d.
         if name in ("min_val", "max_val") and name in self.__dict__.get("_buffers", {}):
-            value = _statistic(name, value, self._buffers[name])
+            value = _statistic(name, value, cast(Tensor, self._buffers[name]))  # registered as tensors in __init__
         super().__setattr__(name, value)
 
     def forward(self, x_orig: Tensor) -> Tensor:

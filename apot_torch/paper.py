@@ -49,7 +49,7 @@ class SignMagnitudeQParams(NamedTuple):
     quantization_levels: Tensor
     b: int
     k: int
-    level_set: str = "apot"
+    level_set: LevelSet = "apot"
 
 
 def sign_magnitude_qparams(alpha: Tensor, *, b: int, k: int, level_set: LevelSet = "apot") -> SignMagnitudeQParams:
@@ -102,7 +102,7 @@ def check_learnable(
         raise ValueError("the unsigned (activation) scheme takes neither normalize nor channel_axis")
 
 
-def _check_scheme(scheme: str, b: int, k: int, level_set: str = "apot") -> None:
+def _check_scheme(scheme: str, b: int, k: int, level_set: LevelSet = "apot") -> None:
     check_level_set(level_set)
     if scheme == "sign-magnitude":
         sign_magnitude_table(b, k, level_set)
@@ -277,7 +277,7 @@ def _broadcast_channel(alpha: Tensor, ndim: int, channel_axis: int | None) -> Te
 
 
 def _learnable_forward(
-    x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None, scheme: str, level_set: str = "apot"
+    x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None, scheme: str, level_set: LevelSet = "apot"
 ) -> Tensor:
     if scheme == "unsigned":
         return APoTQuantizer(*unsigned_qparams(alpha, b=b, k=k, level_set=level_set)).quant_dequant(x)
@@ -296,7 +296,9 @@ class learnable_fake_quantize_function(torch.autograd.Function):  # noqa: N801 (
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None, scheme: str, *level_set: str):
+    def forward(
+        ctx, x: Tensor, alpha: Tensor, b: int, k: int, channel_axis: int | None, scheme: str, *level_set: LevelSet
+    ):
         as_float32(x, "learnable_fake_quantize")
         y = _learnable_forward(x, alpha, b, k, channel_axis, scheme, *level_set)
         ctx.channel_axis, ctx.scheme = channel_axis, scheme

@@ -14,6 +14,7 @@ the prototype's quantizer class.
 from __future__ import annotations
 
 import copy
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -42,7 +43,7 @@ class PT2EAPoTFakeQuantize(FakeQuantizeBase):
         self.fake_quant = config.make(channels=channels)
 
     # torchao's own partial wrapper: PT2E's prepare inspects it
-    with_args = classmethod(_with_args)
+    with_args: Any = classmethod(_with_args)  # torchao ships no types
 
     def forward(self, X: Tensor) -> Tensor:  # noqa: N803
         return self.fake_quant(X)
@@ -140,7 +141,7 @@ def convert(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
         if node.op != "call_module" or not isinstance(model.get_submodule(node.target), PT2EAPoTFakeQuantize):
             continue
         found = True
-        fq = model.get_submodule(node.target).fake_quant
+        fq = cast(PT2EAPoTFakeQuantize, model.get_submodule(node.target)).fake_quant  # checked above
         source = node.args[0]
         name = f"{node.target}_apot"
         if source.op == "get_attr":

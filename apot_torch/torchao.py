@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 from apot_common.config import (
     CONFIG_TYPES,
     APoTConfig,
+    LearnableAPoTConfig,
     QuantizerConfig,
     SignMagnitudeConfig,
     UniformConfig,
@@ -138,7 +140,10 @@ class APoTFakeQuantizeConfig:
         (``channels``: output channels, needed with ``per_channel``)."""
         factory = {"device": device}
         if self.alpha == "learnable":
-            per_channel = {"channel_axis": 0, "channels": int(channels)} if self.per_channel else {}
+            per_channel: dict[str, Any] = (
+                # int(None) raises the TypeError a per-channel config without channels gets
+                {"channel_axis": 0, "channels": int(channels)} if self.per_channel else {}  # type: ignore[arg-type]
+            )
             return LearnableAPoTFakeQuantize(
                 self.b,
                 self.k,
@@ -169,7 +174,8 @@ def fake_quantize_config(config: QuantizerConfig) -> APoTFakeQuantizeConfig:
     if isinstance(config, UniformConfig):
         raise ValueError("APoTQATConfig quantizes with APoT levels; for uniform QAT use torchao's own configs")
     if getattr(config, "level_set", "apot") != "apot":
-        raise ValueError(f"the torchao path supports level_set='apot' only, got {config.level_set!r}")
+        level_set = cast(SignMagnitudeConfig | LearnableAPoTConfig, config).level_set  # APoTConfig has none
+        raise ValueError(f"the torchao path supports level_set='apot' only, got {level_set!r}")
     if isinstance(config, APoTConfig):
         return APoTFakeQuantizeConfig(config.b, config.k, "signed" if config.signed else "unsigned")
     if isinstance(config, SignMagnitudeConfig):
@@ -272,12 +278,13 @@ class APoTFakeQuantizedConv2d(nn.Conv2d):
         return self._conv_forward(x, self.weight_fake_quantizer(self.weight), self.bias)
 
 
-def _check_weight(module: nn.Module, config: APoTQATConfig) -> None:
+def _check_weight(module: nn.Linear | nn.Conv2d, config: APoTQATConfig) -> None:
     weight = module.weight
     if weight.dtype != torch.float32:
         raise ValueError(f"{_where(module)}: APoT QAT needs a float32 weight, got {weight.dtype}")
     if weight.device.type == "meta":
         raise ValueError(f"{_where(module)}: the weight is on the meta device; materialize it before prepare")
+    assert config.weight is not None  # APoTQATConfig(step="prepare") refuses weight=None
     if config.weight.normalize:
         per = weight[0].numel() if config.weight.per_channel else weight.numel()
         if per < 2:
@@ -287,14 +294,16 @@ def _check_weight(module: nn.Module, config: APoTQATConfig) -> None:
             )
 
 
-def _fake_quants(module: nn.Module, config: APoTQATConfig) -> tuple[nn.Module, nn.Module | None]:
+def _fake_quants(module: nn.Linear | nn.Conv2d, config: APoTQATConfig) -> tuple[nn.Module, nn.Module | None]:
     device = module.weight.device
+    assert config.weight is not None  # APoTQATConfig(step="prepare") refuses weight=None
     weight_fq = config.weight.make(channels=module.weight.shape[0], device=device)
-    weight_fq.config = config.weight
+    # nn.Module.__setattr__ is typed for tensors and modules only; any value is stored
+    weight_fq.config = config.weight  # type: ignore[assignment]
     activation_fq = None
     if config.activation is not None:
         activation_fq = config.activation.make(device=device)
-        activation_fq.config = config.activation
+        activation_fq.config = config.activation  # type: ignore[assignment]  # as weight_fq.config
     return weight_fq, activation_fq
 
 
@@ -318,13 +327,14 @@ def _prepare(module: nn.Module, config: APoTQATConfig) -> nn.Module:
     if type(module) is nn.Conv2d:
         _check_weight(module, config)
         weight_fq, activation_fq = _fake_quants(module, config)
+        # torch types Conv2d's attributes tuple[int, ...]; nn.Conv2d made them pairs
         new = APoTFakeQuantizedConv2d(
             module.in_channels,
             module.out_channels,
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
+            module.kernel_size,  # type: ignore[arg-type]
+            stride=module.stride,  # type: ignore[arg-type]
+            padding=module.padding,  # type: ignore[arg-type]
+            dilation=module.dilation,  # type: ignore[arg-type]
             groups=module.groups,
             bias=module.bias is not None,
             padding_mode=module.padding_mode,
@@ -377,7 +387,8 @@ class FrozenAPoTActivation(nn.Module):
           ValueError: fake quant disabled, per-channel or normalizing, or no
             qparams yet (never observed).
         """
-        if int(fake_quant.fake_quant_enabled[0]) != 1:
+        # fake_quant_enabled: a FakeQuantizeBase buffer, typed Tensor | Module by nn.Module.__getattr__
+        if int(fake_quant.fake_quant_enabled[0]) != 1:  # type: ignore[index]
             raise ValueError(f"{where}: fake quant is disabled; enable it before convert")
         if isinstance(fake_quant, APoTFakeQuantize):
             if bool(torch.isnan(fake_quant.alpha)):
@@ -418,9 +429,17 @@ class _CodesWeight(nn.Module):
     ``APoTQuantizer.dequantize``. Both equal the fake-quant weight bit for bit.
     """
 
+    codes: Tensor
+    alpha: Tensor
+    gamma: Tensor
+    scale: Tensor  # sign-magnitude only
+    quantization_levels: Tensor  # prototype only
+    level_indices: Tensor  # prototype only
+
     def __init__(self, weight: Tensor, fake_quant: nn.Module, where: str) -> None:
         super().__init__()
-        if int(fake_quant.fake_quant_enabled[0]) != 1:
+        # fake_quant_enabled: a FakeQuantizeBase buffer, typed Tensor | Module by nn.Module.__getattr__
+        if int(fake_quant.fake_quant_enabled[0]) != 1:  # type: ignore[index]
             raise ValueError(f"{where}: the weight's fake quant is disabled; enable it before convert")
         weight = weight.detach()
         if isinstance(fake_quant, APoTFakeQuantize):
@@ -480,7 +499,9 @@ class _CodesWeight(nn.Module):
 
 
 class _QuantizedLayer(nn.Module):
-    def _init_from(self, prepared: nn.Module, where: str) -> None:
+    bias: Tensor | None
+
+    def _init_from(self, prepared: FakeQuantizedLinear | APoTFakeQuantizedConv2d, where: str) -> None:
         self.weight_codes = _CodesWeight(prepared.weight, prepared.weight_fake_quantizer, where)
         act = prepared.activation_fake_quantizer
         self.activation_quantizer = (
@@ -554,7 +575,7 @@ def _convert(module: nn.Module) -> nn.Module:
         )
     if isinstance(module, FakeQuantizedLinear):
         return APoTQuantizedLinear(module, where)
-    return APoTQuantizedConv2d(module, where)
+    return APoTQuantizedConv2d(cast(APoTFakeQuantizedConv2d, module), where)  # _is_prepared: one of the two
 
 
 @register_quantize_module_handler(APoTQATConfig)
