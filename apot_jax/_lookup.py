@@ -29,7 +29,19 @@ def lookup(x: jax.Array, qparams: APoTQParams | SignMagnitudeQParams, values: ja
     ``x`` is float32; ``values`` is indexed by sorted position (shape ``(N,)``).
     All three strategies compute ``p = count(thresholds < x)``; they differ
     only in speed (measured in ``benchmarks/bench_jax.py``).
+
+    One compiled program per shape and configuration, also when called
+    eagerly (op by op, the thresholds' bisection and the select chain are
+    some hundred dispatches, each compiled on first use): see the eager rows
+    of ``benchmarks/bench_jax.py``. Inside a traced function it is inlined
+    like any nested ``jax.jit``.
     """
+    return _lookup(x, qparams, values, jnp.asarray(nan_value, values.dtype))
+
+
+@jax.jit
+def _lookup(x: jax.Array, qparams: APoTQParams | SignMagnitudeQParams, values: jax.Array,
+            nan_value: jax.Array) -> jax.Array:
     theta = _levels.thresholds(qparams.quantization_levels, qparams.alpha)
     n = theta.shape[0]
 
@@ -59,7 +71,7 @@ def lookup(x: jax.Array, qparams: APoTQParams | SignMagnitudeQParams, values: ja
 
         out = lax.cond(grid.exact, one_comparison, binary_search, x)
     invalid = jnp.isnan(x) | jnp.isnan(qparams.gamma)
-    return jnp.where(invalid, jnp.asarray(nan_value, values.dtype), out)
+    return jnp.where(invalid, nan_value, out)
 
 
 __all__ = [

@@ -44,6 +44,9 @@ def _backward(config, residuals, dy):
 
 
 _fake_quantize.defvjp(_forward, _backward)
+# one program per shape and configuration also when called eagerly (see
+# apot_jax._lookup.lookup); nested in a traced function it is inlined
+_fake_quantize_jit = jax.jit(_fake_quantize, static_argnums=(5,))
 
 
 def fake_quantize(x: jax.Array, qparams: APoTQParams) -> jax.Array:
@@ -63,7 +66,7 @@ def fake_quantize(x: jax.Array, qparams: APoTQParams) -> jax.Array:
     ([0.3333333432674408, 0.0, 1.0], [1.0, 1.0, 0.0])
     """
     as_float32(x, "fake_quantize")  # dtype check at trace time
-    return _fake_quantize(
+    return _fake_quantize_jit(
         x,
         qparams.alpha,
         qparams.gamma,

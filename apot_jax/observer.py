@@ -7,6 +7,7 @@ fields as variables; see ``apot_jax/fake_quantize_module.py``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -36,7 +37,11 @@ def observe(state: ObserverState, x: jax.Array) -> ObserverState:
     empty ``x`` leaves the state unchanged. Statistics are float32 whatever
     ``x``'s dtype.
     """
-    x = as_float32(x, "observe")
+    return _observe(state, as_float32(x, "observe"))
+
+
+@jax.jit  # one program also when called eagerly (see apot_jax._lookup.lookup)
+def _observe(state: ObserverState, x: jax.Array) -> ObserverState:
     x = _levels.positive_zero(x)
     finite = jnp.isfinite(x)
     lo = jnp.min(jnp.where(finite, x, jnp.inf), initial=jnp.inf)
@@ -102,18 +107,26 @@ def calculate_qparams(
     >>> float(qp.alpha), float(qp.gamma), qp.quantization_levels.shape
     (1.0, 0.6666666865348816, (16,))
     """
-    table = level_table(b, k, signed)
-    alpha = observed_alpha(min_val, max_val)
-    g = _levels.gamma(alpha, table.p_sum)
+    table = level_table(b, k, signed)  # ValueError before any tracing
+    alpha, g, levels = _qparams(min_val, max_val, b, k, signed)
     return APoTQParams(
         alpha=alpha,
         gamma=g,
-        quantization_levels=_levels.levels(g, table),
+        quantization_levels=levels,
         level_indices=jnp.asarray(table.level_indices),
         b=table.b,
         k=table.k,
         signed=table.signed,
     )
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))  # one program also when called eagerly
+def _qparams(min_val: jax.Array, max_val: jax.Array, b: int, k: int, signed: bool
+             ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    table = level_table(b, k, signed)
+    alpha = observed_alpha(min_val, max_val)
+    g = _levels.gamma(alpha, table.p_sum)
+    return alpha, g, _levels.levels(g, table)
 
 
 __all__ = [

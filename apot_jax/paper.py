@@ -109,12 +109,19 @@ def sign_magnitude_qparams(alpha: jax.Array, *, b: int, k: int, level_set: Level
       ValueError: ``b < 2``, ``k`` not dividing ``b - 1`` (``"apot"``), a
         ``b`` the paper's sets lack, or a bad ``level_set`` (at trace time).
     """
+    table = sign_magnitude_table(b, k, level_set)  # ValueError before any tracing
+    alpha, g, lv = _sign_magnitude_qparams(alpha, b, k, level_set)
+    return SignMagnitudeQParams(alpha, g, lv, table.b, table.k, table.level_set)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))  # one program also when called eagerly
+def _sign_magnitude_qparams(alpha: jax.Array, b: int, k: int, level_set: LevelSet
+                            ) -> tuple[jax.Array, jax.Array, jax.Array]:
     table = sign_magnitude_table(b, k, level_set)
     alpha = _levels.positive_zero(jnp.asarray(alpha, jnp.float32))
     g = _levels.gamma(alpha, table.p_sum)
     mag = _levels.levels(g, table.magnitude)  # alpha.shape + (2**(b-1),), mag[..., 0] == 0
-    lv = jnp.concatenate([-mag[..., :0:-1], mag], axis=-1)
-    return SignMagnitudeQParams(alpha, g, lv, table.b, table.k, table.level_set)
+    return alpha, g, jnp.concatenate([-mag[..., :0:-1], mag], axis=-1)
 
 
 def unsigned_qparams(alpha: jax.Array, *, b: int, k: int, level_set: LevelSet = "apot") -> APoTQParams:
@@ -132,10 +139,17 @@ def unsigned_qparams(alpha: jax.Array, *, b: int, k: int, level_set: LevelSet = 
       ValueError: invalid ``(b, k)`` or ``b`` for the level set, or a bad
         ``level_set`` (at trace time).
     """
+    table = unsigned_table(b, k, level_set)  # ValueError before any tracing
+    alpha, g, lv = _unsigned_qparams(alpha, b, k, level_set)
+    return APoTQParams(alpha, g, lv, jnp.asarray(table.level_indices), table.b, table.k, False)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))  # one program also when called eagerly
+def _unsigned_qparams(alpha: jax.Array, b: int, k: int, level_set: LevelSet) -> tuple[jax.Array, jax.Array, jax.Array]:
     table = unsigned_table(b, k, level_set)
     alpha = _levels.positive_zero(jnp.asarray(alpha, jnp.float32))
     g = _levels.gamma(alpha, table.p_sum)
-    return APoTQParams(alpha, g, _levels.levels(g, table), jnp.asarray(table.level_indices), table.b, table.k, False)
+    return alpha, g, _levels.levels(g, table)
 
 
 def check_learnable(
@@ -364,6 +378,9 @@ def _learnable_bwd(config, residuals, dy):
 
 
 _learnable.defvjp(_learnable_fwd, _learnable_bwd)
+# one program per shape and configuration also when called eagerly (see
+# apot_jax._lookup.lookup); nested in a traced function it is inlined
+_learnable_jit = jax.jit(_learnable, static_argnums=(2,))
 
 
 def learnable_fake_quantize(
@@ -410,7 +427,7 @@ def learnable_fake_quantize(
         _channel_axis(channel_axis, jnp.ndim(x))
     elif alpha.ndim != 0:
         raise ValueError(f"per-tensor quantization needs a scalar alpha, got shape {alpha.shape}")
-    return _learnable(x, alpha, (int(b), int(k), channel_axis, scheme, level_set))
+    return _learnable_jit(x, alpha, (int(b), int(k), channel_axis, scheme, level_set))
 
 
 def fit_alpha(
