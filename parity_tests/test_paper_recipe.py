@@ -47,20 +47,21 @@ def _inputs(seed: int, shape, alpha: float) -> np.ndarray:
 def test_sign_magnitude_forward_codes_and_alpha_gradient(jax_backend, torch_backend, config, parity):
     b, k = config
     tb = torch_backend
+
+    @jax.jit
+    def run(x, a, dy):
+        qp = jpaper.sign_magnitude_qparams(a, b=b, k=k)
+        y, vjp = jax.vjp(lambda v, s: jpaper.learnable_fake_quantize(v, s, b=b, k=k), x, a)
+        dx, da = vjp(dy)
+        return (
+            qp.gamma, qp.quantization_levels, jpaper.quantize(x, qp),
+            y, dx, da, jpaper.alpha_grad_elements(x, a, y)
+        )
+
     for alpha in (0.37, 1.0, 2.5e-3):
         x = _inputs(b, (257,), alpha)
         x[7:10] = [np.nan, np.inf, -np.inf]
         dy = np.random.default_rng(b + 1).normal(size=x.shape).astype(np.float32)
-
-        @jax.jit
-        def run(x, a, dy):
-            qp = jpaper.sign_magnitude_qparams(a, b=b, k=k)
-            y, vjp = jax.vjp(lambda v, s: jpaper.learnable_fake_quantize(v, s, b=b, k=k), x, a)
-            dx, da = vjp(dy)
-            return (
-                qp.gamma, qp.quantization_levels, jpaper.quantize(x, qp),
-                y, dx, da, jpaper.alpha_grad_elements(x, a, y)
-            )
 
         with jax.default_device(jax_backend.device):
             jg, jl, jc, jy, jdx, jda, jel = run(
@@ -91,18 +92,19 @@ def test_learnable_activation_alpha(jax_backend, torch_backend, config, parity):
     in float32 and bfloat16."""
     b, k = config
     tb = torch_backend
+
+    @jax.jit
+    def run(x, a, dy):
+        f = lambda v, s: jpaper.learnable_fake_quantize(v, s, b=b, k=k, scheme="unsigned")  # noqa: E731
+        y, vjp = jax.vjp(f, x, a)
+        dx, da = vjp(dy.astype(x.dtype))
+        elements = jpaper.alpha_grad_elements(x.astype(jnp.float32), a, y.astype(jnp.float32), "unsigned")
+        return jpaper.unsigned_qparams(a, b=b, k=k).quantization_levels, y, dx, da, elements
+
     for alpha, dtype in ((0.37, "float32"), (2.5, "float32"), (1.0, "bfloat16")):
         x = _inputs(10 + b, (301,), alpha)
         x[7:10] = [np.nan, np.inf, -np.inf]
         dy = np.random.default_rng(b + 2).normal(size=x.shape).astype(np.float32)
-
-        @jax.jit
-        def run(x, a, dy):
-            f = lambda v, s: jpaper.learnable_fake_quantize(v, s, b=b, k=k, scheme="unsigned")  # noqa: E731
-            y, vjp = jax.vjp(f, x, a)
-            dx, da = vjp(dy.astype(x.dtype))
-            elements = jpaper.alpha_grad_elements(x.astype(jnp.float32), a, y.astype(jnp.float32), "unsigned")
-            return jpaper.unsigned_qparams(a, b=b, k=k).quantization_levels, y, dx, da, elements
 
         x_in = x.astype(jnp.bfloat16) if dtype == "bfloat16" else x
         with jax.default_device(jax_backend.device):
@@ -282,20 +284,21 @@ def test_paper_level_set_weights(jax_backend, torch_backend, b, level_set, parit
     codes, dequantize, fake quant, x and alpha gradients, per tensor and per
     channel with normalization."""
     tb = torch_backend
+
+    @jax.jit
+    def run(x, a, dy):
+        qp = jpaper.sign_magnitude_qparams(a, b=b, k=1, level_set=level_set)
+        f = lambda v, s: jpaper.learnable_fake_quantize(v, s, b=b, k=1, level_set=level_set)  # noqa: E731
+        y, vjp = jax.vjp(f, x, a)
+        dx, da = vjp(dy)
+        codes = jpaper.quantize(x, qp)
+        elements = jpaper.alpha_grad_elements(x, a, y)
+        return qp.gamma, qp.quantization_levels, codes, jpaper.dequantize(codes, qp), y, dx, da, elements
+
     for alpha in (0.37, 1.0, 2.5e-3):
         x = _inputs(40 + b, (257,), alpha)
         x[7:10] = [np.nan, np.inf, -np.inf]
         dy = np.random.default_rng(b + 41).normal(size=x.shape).astype(np.float32)
-
-        @jax.jit
-        def run(x, a, dy):
-            qp = jpaper.sign_magnitude_qparams(a, b=b, k=1, level_set=level_set)
-            f = lambda v, s: jpaper.learnable_fake_quantize(v, s, b=b, k=1, level_set=level_set)  # noqa: E731
-            y, vjp = jax.vjp(f, x, a)
-            dx, da = vjp(dy)
-            codes = jpaper.quantize(x, qp)
-            elements = jpaper.alpha_grad_elements(x, a, y)
-            return qp.gamma, qp.quantization_levels, codes, jpaper.dequantize(codes, qp), y, dx, da, elements
 
         with jax.default_device(jax_backend.device):
             jg, jl, jc, jdq, jy, jdx, jda, jel = run(
@@ -350,20 +353,21 @@ def test_paper_level_set_activations(jax_backend, torch_backend, b, level_set, p
     """Unsigned ``build_power_value(b)`` activations with a learnt alpha, in
     float32 and bfloat16, and the fitted starting alpha."""
     tb = torch_backend
+
+    @jax.jit
+    def run(x, a, dy):
+        f = lambda v, s: jpaper.learnable_fake_quantize(  # noqa: E731
+            v, s, b=b, k=1, scheme="unsigned", level_set=level_set
+        )
+        y, vjp = jax.vjp(f, x, a)
+        dx, da = vjp(dy.astype(x.dtype))
+        elements = jpaper.alpha_grad_elements(x.astype(jnp.float32), a, y.astype(jnp.float32), "unsigned")
+        return jpaper.unsigned_qparams(a, b=b, k=1, level_set=level_set).quantization_levels, y, dx, da, elements
+
     for alpha, dtype in ((0.37, "float32"), (2.5, "float32"), (1.0, "bfloat16")):
         x = _inputs(60 + b, (301,), alpha)
         x[7:10] = [np.nan, np.inf, -np.inf]
         dy = np.random.default_rng(b + 61).normal(size=x.shape).astype(np.float32)
-
-        @jax.jit
-        def run(x, a, dy):
-            f = lambda v, s: jpaper.learnable_fake_quantize(  # noqa: E731
-                v, s, b=b, k=1, scheme="unsigned", level_set=level_set
-            )
-            y, vjp = jax.vjp(f, x, a)
-            dx, da = vjp(dy.astype(x.dtype))
-            elements = jpaper.alpha_grad_elements(x.astype(jnp.float32), a, y.astype(jnp.float32), "unsigned")
-            return jpaper.unsigned_qparams(a, b=b, k=1, level_set=level_set).quantization_levels, y, dx, da, elements
 
         x_in = x.astype(jnp.bfloat16) if dtype == "bfloat16" else x
         with jax.default_device(jax_backend.device):
