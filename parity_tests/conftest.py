@@ -217,10 +217,31 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr.write_line(f"total: {sum(r.comparisons for r in done)} element comparisons in {len(done)} checks")
 
 
+def _result_from_json(d: dict) -> Result:
+    return Result(**{**d, "max_ulp": float(d["max_ulp"])})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """xdist controller: take in a worker's comparisons (the workers run the
+    tests; the summary and ``--parity-report`` are written here, and the
+    test outcomes reach this process's ``pytest_runtest_logreport`` anyway)."""
+    log = node.config.stash.get(_LOG, None)
+    out = getattr(node, "workeroutput", {}).get("apot_parity")
+    if log is not None and out:
+        log.results += [_result_from_json(d) for d in out["results"]]
+
+
 def pytest_sessionfinish(session, exitstatus):
     log = session.config.stash.get(_LOG, None)
+    if log is None:
+        return
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: hand the records to the controller
+        workeroutput["apot_parity"] = {"results": [r.as_json() for r in log.results]}
+        return
     path = session.config.getoption("--parity-report")
-    if log is None or not path:
+    if not path:
         return
     from apot_parity.report import summarize, totals
 

@@ -1,6 +1,9 @@
-"""apot_torch.quantizer: codes, dequantize and quant_dequant against the
-brute-force reference for every (b, k), NaN policy, shapes and dtypes,
-inputs never modified, bad qparams and inputs refused, CUDA equals CPU."""
+"""apot_torch.quantizer: codes, dequantize and quant_dequant (a large input
+against the brute-force reference, NaN policy, shapes and dtypes, inputs
+never modified, bad qparams and inputs refused, CUDA equals CPU). The
+every-(b, k) sweep against the reference is ``parity_tests/test_core.py``,
+run on every backend (torch-cpu and torch-cuda among them); the lookup's
+strategies are ``tests/torch/test_lookup.py``."""
 
 from __future__ import annotations
 
@@ -10,30 +13,13 @@ import torch
 
 import apot_torch as at
 from tests.helpers import bits
-from tests.reference import adversarial_inputs, all_configs, reference_qparams, reference_quantize
+from tests.reference import adversarial_inputs, reference_qparams, reference_quantize
 from tests.torch.helpers import STATS, check_against_reference, observed_qparams, qparams, requires_cuda
 
 
 def _special_inputs() -> torch.Tensor:
     x = torch.randn(1000, generator=torch.Generator().manual_seed(1)) * 2
     return torch.cat([x, torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1e-45, 5.0, -5.0])])
-
-
-@pytest.mark.parametrize("b,k,signed", all_configs())
-def test_matches_reference_bitwise(b, k, signed):
-    rng = np.random.default_rng(1000 * b + 10 * k + signed)
-    for mn, mx in STATS:
-        ref = reference_qparams(mn, mx, b, k, signed)
-        alpha, gamma, levels, indices = ref
-        qp = qparams(mn, mx, b, k, signed)
-        if alpha == 0:  # the sign of a zero alpha: test_alpha_of_zero_statistics_is_positive_zero
-            assert qp[0] == 0
-        else:
-            assert bits(qp[0]) == bits(alpha)
-        assert bits(qp[1]) == bits(gamma), (mn, mx)
-        np.testing.assert_array_equal(bits(qp[2]), bits(levels))
-        np.testing.assert_array_equal(qp[3].numpy(), indices)
-        check_against_reference(adversarial_inputs(alpha, levels, rng, n_random=400), qp, ref)
 
 
 def test_large_input_matches_reference():
