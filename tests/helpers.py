@@ -14,4 +14,14 @@ def bits(a) -> np.ndarray:
     return np.asarray(a, np.float32).view(np.int32)
 
 
-__all__ = ["bits"]
+def pad_to_bucket(x: np.ndarray) -> np.ndarray:
+    """1-D ``x`` repeated cyclically up to the next power of two in length.
+
+    JAX compiles one program per input shape: inputs whose sizes differ a
+    little (the adversarial inputs of each alpha) then share one, and every
+    value of ``x`` is still in the result."""
+    x = np.asarray(x).reshape(-1)
+    return np.resize(x, 1 << max(0, (x.size - 1).bit_length()))
+
+
+__all__ = ["bits", "pad_to_bucket"]

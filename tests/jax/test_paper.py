@@ -12,7 +12,7 @@ import pytest
 from apot_common.tables import sign_magnitude_table
 from apot_jax import paper
 from apot_jax.fake_quantize_module import LearnableAPoTFakeQuantize
-from tests.helpers import bits
+from tests.helpers import bits, pad_to_bucket
 from tests.reference import adversarial_inputs
 from tests.reference_paper import (
     reference_alpha_grad_elements,
@@ -68,7 +68,7 @@ def test_qparams_codes_and_rounding_match_the_reference(b, k):
         qp = paper.sign_magnitude_qparams(jnp.float32(alpha), b=b, k=k)
         assert bits(qp.gamma) == bits(gamma)
         assert np.array_equal(bits(qp.quantization_levels), bits(levels))
-        x = adversarial_inputs(np.float32(alpha), levels, rng, n_random=300)
+        x = pad_to_bucket(adversarial_inputs(np.float32(alpha), levels, rng, n_random=300))
         ref_codes, ref_values = reference_sm_quantize(x, alpha, b, k)
         got_codes = np.asarray(paper.quantize(x, qp))
         got_values = np.asarray(paper.quant_dequant(x, qp))
