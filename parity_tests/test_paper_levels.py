@@ -1,8 +1,11 @@
 """The paper's own level sets (``level_set="paper"`` / ``"paper-pot"``,
-``docs/numerics.md`` 9.8) through the paper functions of both frameworks:
-weights, activations, per-channel, ``fit_alpha`` and export, bitwise between
-JAX and torch and equal to the transcription in ``tests/reference_paper.py``.
-The tables themselves are tested in ``tests/common/test_tables.py``."""
+``docs/numerics.md`` 9.8) through the paper functions of both frameworks,
+every pair of JAX and torch backends: weights (qparams, codes, dequantize,
+fake quant, the x and alpha gradients, per tensor and per channel with
+normalization), activations (float32 and bfloat16), ``fit_alpha`` and the
+export, bitwise between JAX and torch and equal to the transcription in
+``tests/reference_paper.py`` (levels, codes, fake quant). The tables
+themselves are tested in ``tests/common/test_tables.py``."""
 
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ import numpy as np
 import pytest
 
 from apot_common.tables import LEVEL_SETS
+from apot_parity import compare
+from tests.helpers import pad_to_bucket
 from tests.reference import adversarial_inputs, reference_positions
 from tests.reference_paper import PAPER_ADDITIVE_BITS, build_power_value, nearest_float32
 
@@ -76,20 +81,18 @@ def test_bad_level_set_in_the_paper_functions():
     assert jpaper.LEVEL_SETS == tpaper.LEVEL_SETS == LEVEL_SETS
 
 
+def _reference_fake_quant(x: np.ndarray, alpha: float, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, fake quant) by the contract's first-nearest rule; -1 / NaN for NaN."""
+    p = reference_positions(x, np.float32(alpha), levels)
+    return p, np.where(p >= 0, levels[np.maximum(p, 0)], np.float32(np.nan)).astype(np.float32)
+
+
 @pytest.mark.parametrize("b, level_set", WEIGHT_CONFIGS, ids=lambda v: str(v))
-def test_weights_bitwise_and_reference(b, level_set):
-    alpha = 0.83
+def test_weights(jax_backend, torch_backend, b, level_set, parity):
+    """Sign + ``build_power_value(b - 1)`` weights (ternary at b = 2)."""
+    tb = torch_backend
     # the transcription's values (b = 2: the paper's ternary weights, magnitudes {0, 1})
     values = [Fraction(0), Fraction(1)] if b == 2 else build_power_value(b - 1, level_set == "paper")
-    mags = _reference_levels(alpha, values)
-    levels = np.concatenate([-mags[:0:-1], mags])
-    x = _inputs(b, 513, alpha)
-    x[8:10] = [-np.inf, 0.5 * alpha]
-    # levels, midpoints and their float32 neighbours: the near ties
-    x = np.concatenate(
-        [x, adversarial_inputs(np.float32(alpha), levels, np.random.default_rng(b), 200)]
-    ).astype(np.float32)
-    dy = np.random.default_rng(100 + b).normal(size=x.shape).astype(np.float32)
 
     @jax.jit
     def run(x, a, dy):
@@ -97,99 +100,137 @@ def test_weights_bitwise_and_reference(b, level_set):
         y, vjp = jax.vjp(lambda v, s: jpaper.learnable_fake_quantize(v, s, b=b, k=1, level_set=level_set), x, a)
         dx, da = vjp(dy)
         codes = jpaper.quantize(x, qp)
-        return (
-            qp.quantization_levels, codes, jpaper.dequantize(codes, qp), y, dx, da, jpaper.alpha_grad_elements(x, a, y)
-        )
+        elements = jpaper.alpha_grad_elements(x, a, y)
+        return qp.gamma, qp.quantization_levels, codes, jpaper.dequantize(codes, qp), y, dx, da, elements
 
-    jl, jc, jdq, jy, jdx, jda, jel = run(jnp.asarray(x), jnp.float32(alpha), jnp.asarray(dy))
-    xt = torch.tensor(x, requires_grad=True)
-    at = torch.tensor(alpha, dtype=torch.float32, requires_grad=True)
-    tq = tpaper.sign_magnitude_qparams(at.detach(), b=b, k=1, level_set=level_set)
-    yt = tpaper.learnable_fake_quantize(xt, at, b=b, k=1, level_set=level_set)
-    yt.backward(torch.tensor(dy))
-    tc = tpaper.quantize(xt.detach(), tq)
-    _assert_bitwise("levels", jl, tq.quantization_levels.numpy())
-    _assert_bitwise("codes", jc, tc.numpy())
-    _assert_bitwise("dequantize", jdq, tpaper.dequantize(tc, tq).numpy())
-    _assert_bitwise("fake_quant", jy, yt.detach().numpy())
-    _assert_bitwise("grad_x", jdx, xt.grad.numpy())
-    _assert_bitwise(
-        "alpha_grad_elements", jel, tpaper.alpha_grad_elements(xt.detach(), at.detach(), yt.detach()).numpy()
-    )
-    _assert_bitwise("grad_alpha", jda, at.grad.numpy())
-    # reference: levels alpha * value, the contract's first-nearest rule on the symmetric set
-    _assert_bitwise("reference levels", jl, levels)
-    p = reference_positions(x, np.float32(alpha), levels)
-    codes = np.arange(-(len(mags) - 1), len(mags))
-    np.testing.assert_array_equal(np.asarray(jc), np.where(p >= 0, codes[np.maximum(p, 0)], -(2 ** (b - 1))))
-    _assert_bitwise(
-        "reference fake quant", jy, np.where(p >= 0, levels[np.maximum(p, 0)], np.float32(np.nan)).astype(np.float32)
-    )
+    for alpha in (0.83, 0.37, 1.0, 2.5e-3):
+        mags = _reference_levels(alpha, values)
+        levels = np.concatenate([-mags[:0:-1], mags])
+        x = _inputs(b, 513, alpha)
+        x[8:10] = [-np.inf, 0.5 * alpha]
+        # levels, midpoints and their float32 neighbours: the near ties
+        x = pad_to_bucket(np.concatenate([x, adversarial_inputs(np.float32(alpha), levels,
+                                                                np.random.default_rng(b), 200)]).astype(np.float32))
+        dy = np.random.default_rng(100 + b).normal(size=x.shape).astype(np.float32)
+        with jax.default_device(jax_backend.device):
+            jg, jl, jc, jdq, jy, jdx, jda, jel = run(
+                jax.device_put(x, jax_backend.device), jnp.float32(alpha), jax.device_put(dy, jax_backend.device)
+            )
+        xt = tb.to_torch(x).requires_grad_(True)
+        at = torch.tensor(alpha, dtype=torch.float32, device=tb.device, requires_grad=True)
+        tq = tpaper.sign_magnitude_qparams(at.detach(), b=b, k=1, level_set=level_set)
+        yt = tpaper.learnable_fake_quantize(xt, at, b=b, k=1, level_set=level_set)
+        yt.backward(tb.to_torch(dy))
+        tc = tpaper.quantize(xt.detach(), tq)
+        tel = tpaper.alpha_grad_elements(xt.detach(), at.detach(), yt.detach())
+        p, ref_y = _reference_fake_quant(x, alpha, levels)
+        codes = np.arange(-(len(mags) - 1), len(mags))
+        ref_codes = np.where(p >= 0, codes[np.maximum(p, 0)], -(2 ** (b - 1)))
+        comps = [
+            compare("gamma", np.asarray(jg), tb.to_numpy(tq.gamma)),
+            compare("levels", np.asarray(jl), tb.to_numpy(tq.quantization_levels)),
+            compare("codes", np.asarray(jc), tb.to_numpy(tc)),
+            compare("dequantize", np.asarray(jdq), tb.to_numpy(tpaper.dequantize(tc, tq))),
+            compare("fake_quant", np.asarray(jy), tb.to_numpy(yt)),
+            compare("grad_x", np.asarray(jdx), tb.to_numpy(xt.grad)),
+            compare("alpha_grad_elements", np.asarray(jel), tb.to_numpy(tel)),
+            compare("grad_alpha", np.asarray(jda), tb.to_numpy(at.grad)),
+            # the transcription: levels alpha * value, the contract's first-nearest rule on the symmetric set
+            compare("reference_levels", np.asarray(jl), levels),
+            compare("reference_codes", np.asarray(jc).astype(np.int64), ref_codes.astype(np.int64)),
+            compare("reference_fake_quant", np.asarray(jy), ref_y),
+        ]
+        parity.record(f"{jax_backend.name}~{tb.name}", f"{level_set} weights b={b} alpha={alpha}", comps)
+    # per channel, normalized (JAX kernel (in, out) along -1, torch (out, in) along 0)
+    rng = np.random.default_rng(50 + b)
+    kernel = (rng.normal(size=(37, 6)) * 0.2).astype(np.float32)
+    alphas = rng.uniform(0.3, 2.0, 6).astype(np.float32)
+    dy = rng.normal(size=kernel.shape).astype(np.float32)
+
+    @jax.jit
+    def run_channels(w, a, dy):
+        f = lambda v, s: jpaper.paper_weight_quant(v, s, b=b, k=1, channel_axis=-1, level_set=level_set)  # noqa: E731
+        y, vjp = jax.vjp(f, w, a)
+        return (y,) + vjp(dy)
+
+    with jax.default_device(jax_backend.device):
+        jy, jdw, jda = run_channels(*(jax.device_put(v, jax_backend.device) for v in (kernel, alphas, dy)))
+    wt = tb.to_torch(kernel.T.copy()).requires_grad_(True)
+    at = tb.to_torch(alphas).requires_grad_(True)
+    yt = tpaper.paper_weight_quant(wt, at, b=b, k=1, channel_axis=0, level_set=level_set)
+    yt.backward(tb.to_torch(dy.T.copy()))
+    comps = [
+        compare("fake_quant", np.asarray(jy), tb.to_numpy(yt).T),
+        compare("grad_w", np.asarray(jdw), tb.to_numpy(wt.grad).T),
+        compare("grad_alpha", np.asarray(jda), tb.to_numpy(at.grad)),
+    ]
+    parity.record(f"{jax_backend.name}~{tb.name}", f"{level_set} weights b={b} per-channel normalized", comps)
 
 
 @pytest.mark.parametrize("b, level_set", ACT_CONFIGS, ids=lambda v: str(v))
-def test_activations_bitwise_and_reference(b, level_set):
-    alpha = 2.7
-    levels = _reference_levels(alpha, build_power_value(b, level_set == "paper"))
-    x = _inputs(20 + b, 401, alpha, lo=-0.4)
-    x = np.concatenate(
-        [x, adversarial_inputs(np.float32(alpha), levels, np.random.default_rng(b), 200)]
-    ).astype(np.float32)
-    dy = np.random.default_rng(200 + b).normal(size=x.shape).astype(np.float32)
+def test_activations(jax_backend, torch_backend, b, level_set, parity):
+    """Unsigned ``build_power_value(b)`` activations with a learnt alpha, in
+    float32 (also against the transcription) and bfloat16, and the fitted
+    starting alpha."""
+    tb = torch_backend
+    values = build_power_value(b, level_set == "paper")
 
     @jax.jit
     def run(x, a, dy):
         f = lambda v, s: jpaper.learnable_fake_quantize(v, s, b=b, k=1, scheme="unsigned", level_set=level_set)  # noqa: E731
         y, vjp = jax.vjp(f, x, a)
-        dx, da = vjp(dy)
+        dx, da = vjp(dy.astype(x.dtype))
         qp = jpaper.unsigned_qparams(a, b=b, k=1, level_set=level_set)
-        return qp.quantization_levels, qp.level_indices, y, dx, da, jpaper.alpha_grad_elements(x, a, y, "unsigned")
+        elements = jpaper.alpha_grad_elements(x.astype(jnp.float32), a, y.astype(jnp.float32), "unsigned")
+        return qp.quantization_levels, qp.level_indices, y, dx, da, elements
 
-    jl, ji, jy, jdx, jda, jel = run(jnp.asarray(x), jnp.float32(alpha), jnp.asarray(dy))
-    xt = torch.tensor(x, requires_grad=True)
-    at = torch.tensor(alpha, dtype=torch.float32, requires_grad=True)
-    yt = tpaper.learnable_fake_quantize(xt, at, b=b, k=1, scheme="unsigned", level_set=level_set)
-    yt.backward(torch.tensor(dy))
-    _, _, tl, ti = tpaper.unsigned_qparams(at, b=b, k=1, level_set=level_set)
-    _assert_bitwise("levels", jl, tl.numpy())
-    np.testing.assert_array_equal(np.asarray(ji), ti.numpy())
-    _assert_bitwise("fake_quant", jy, yt.detach().numpy())
-    _assert_bitwise("grad_x", jdx, xt.grad.numpy())
-    _assert_bitwise(
-        "alpha_grad_elements",
-        jel,
-        tpaper.alpha_grad_elements(xt.detach(), at.detach(), yt.detach(), "unsigned").numpy(),
-    )
-    _assert_bitwise("grad_alpha", jda, at.grad.numpy())
-    _assert_bitwise("reference levels", jl, levels)
-    p = reference_positions(x, np.float32(alpha), levels)
-    _assert_bitwise(
-        "reference fake quant", jy, np.where(p >= 0, levels[np.maximum(p, 0)], np.float32(np.nan)).astype(np.float32)
+    for alpha, dtype in ((2.7, "float32"), (0.37, "float32"), (2.5, "float32"), (1.0, "bfloat16")):
+        levels = _reference_levels(alpha, values)
+        x = _inputs(20 + b, 401, alpha, lo=-0.4)
+        x = pad_to_bucket(np.concatenate([x, adversarial_inputs(np.float32(alpha), levels,
+                                                                np.random.default_rng(b), 200)]).astype(np.float32))
+        dy = np.random.default_rng(200 + b).normal(size=x.shape).astype(np.float32)
+        x_in = x.astype(jnp.bfloat16) if dtype == "bfloat16" else x
+        with jax.default_device(jax_backend.device):
+            jl, ji, jy, jdx, jda, jel = run(
+                jax.device_put(x_in, jax_backend.device), jnp.float32(alpha), jax.device_put(dy, jax_backend.device)
+            )
+        xt = tb.to_torch(np.asarray(x_in, np.float32))
+        xt = (xt.to(torch.bfloat16) if dtype == "bfloat16" else xt).requires_grad_(True)
+        at = torch.tensor(alpha, dtype=torch.float32, device=tb.device, requires_grad=True)
+        yt = tpaper.learnable_fake_quantize(xt, at, b=b, k=1, scheme="unsigned", level_set=level_set)
+        yt.backward(tb.to_torch(dy).to(yt.dtype))
+        tel = tpaper.alpha_grad_elements(xt.detach().float(), at.detach(), yt.detach().float(), "unsigned")
+        _, _, tl, ti = tpaper.unsigned_qparams(at, b=b, k=1, level_set=level_set)
+        comps = [
+            compare("levels", np.asarray(jl), tb.to_numpy(tl)),
+            compare("level_indices", np.asarray(ji).astype(np.int64), tb.to_numpy(ti).astype(np.int64)),
+            compare("fake_quant", np.asarray(jy, np.float32), tb.to_numpy(yt.float())),
+            compare("grad_x", np.asarray(jdx, np.float32), tb.to_numpy(xt.grad.float())),
+            compare("alpha_grad_elements", np.asarray(jel), tb.to_numpy(tel)),
+            compare("grad_alpha", np.asarray(jda), tb.to_numpy(at.grad)),
+            compare("reference_levels", np.asarray(jl), levels),
+        ]
+        if dtype == "float32":
+            comps.append(compare("reference_fake_quant", np.asarray(jy), _reference_fake_quant(x, alpha, levels)[1]))
+        parity.record(f"{jax_backend.name}~{tb.name}", f"{level_set} activations b={b} alpha={alpha} {dtype}", comps)
+    data = np.maximum(np.random.default_rng(70 + b).standard_t(3, size=(48, 40)), 0).astype(np.float32)
+    with jax.default_device(jax_backend.device):
+        ja = jpaper.fit_alpha(jax.device_put(data, jax_backend.device), b=b, k=1, level_set=level_set)
+    ta = tpaper.fit_alpha(tb.to_torch(data), b=b, k=1, level_set=level_set)
+    parity.record(
+        f"{jax_backend.name}~{tb.name}",
+        f"{level_set} fit_alpha b={b}",
+        [compare("fit_alpha", np.asarray(ja), tb.to_numpy(ta))],
     )
 
 
 @pytest.mark.parametrize("level_set", ["paper", "paper-pot"])
-def test_per_channel_weights_and_fit_alpha(level_set):
-    rng = np.random.default_rng(5)
-    kernel = (rng.normal(size=(29, 4)) * 0.2).astype(np.float32)  # Flax (in, out); torch gets (out, in)
-    alpha = rng.uniform(0.5, 2.0, 4).astype(np.float32)
-    dy = rng.normal(size=kernel.shape).astype(np.float32)
-    b = 4
-
-    @jax.jit
-    def run(w, a, dy):
-        f = lambda v, s: jpaper.paper_weight_quant(v, s, b=b, k=1, channel_axis=-1, level_set=level_set)  # noqa: E731
-        y, vjp = jax.vjp(f, w, a)
-        return (y,) + vjp(dy)
-
-    jy, jdw, jda = run(jnp.asarray(kernel), jnp.asarray(alpha), jnp.asarray(dy))
-    wt = torch.tensor(kernel.T.copy(), requires_grad=True)
-    at = torch.tensor(alpha, requires_grad=True)
-    yt = tpaper.paper_weight_quant(wt, at, b=b, k=1, channel_axis=0, level_set=level_set)
-    yt.backward(torch.tensor(dy.T.copy()))
-    _assert_bitwise("fake_quant", jy, yt.detach().numpy().T)
-    _assert_bitwise("grad_w", jdw, wt.grad.numpy().T)
-    _assert_bitwise("grad_alpha", jda, at.grad.numpy())
+def test_fit_alpha(level_set):
+    """The fitted starting alpha with the paper's sets: sign-magnitude and
+    unsigned per tensor, sign-magnitude per channel (the activations' fit at
+    each b is in ``test_activations``)."""
+    kernel = (np.random.default_rng(5).normal(size=(29, 4)) * 0.2).astype(np.float32)  # Flax (in, out)
     for scheme, data, bits in (("sign-magnitude", kernel, 3), ("unsigned", np.maximum(kernel, 0), 3)):
         ja = jpaper.fit_alpha(jnp.asarray(data), b=bits, k=1, scheme=scheme, level_set=level_set, candidates=32)
         ta = tpaper.fit_alpha(torch.tensor(data), b=bits, k=1, scheme=scheme, level_set=level_set, candidates=32)
@@ -220,28 +261,34 @@ def test_apot_default_unchanged():
 
 
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_export_paper_levels(per_channel):
-    rng = np.random.default_rng(9)
-    kernel = (rng.normal(size=(16, 3)) * 0.3).astype(np.float32)
-    alpha = rng.uniform(0.8, 2.0, 3 if per_channel else ()).astype(np.float32)
-    ej = jexport.export_kernel(
-        jnp.asarray(kernel), jnp.asarray(alpha), b=4, k=1, per_channel=per_channel, level_set="paper"
+def test_export(jax_backend, torch_backend, per_channel, parity):
+    """Export with the paper's 4-bit weights (sign + build_power_value(3)):
+    codes, gamma and the dequantized kernel, bitwise; the integer
+    shift-and-add path refuses (no exact integer form)."""
+    tb = torch_backend
+    rng = np.random.default_rng(13)
+    kernel = (rng.normal(size=(24, 5)) * 0.1).astype(np.float32)
+    alpha = rng.uniform(0.8, 2.0, 5 if per_channel else ()).astype(np.float32)
+    with jax.default_device(jax_backend.device):
+        ej = jexport.export_kernel(
+            jax.device_put(kernel, jax_backend.device), jnp.asarray(alpha), b=4, k=1, per_channel=per_channel,
+            level_set="paper",
+        )  # fmt: skip
+        jk = np.asarray(jexport.dequantize_kernel(ej))
+        fq = np.asarray(jpaper.paper_weight_quant(
+            jax.device_put(kernel, jax_backend.device), jnp.asarray(alpha), b=4, k=1,
+            channel_axis=-1 if per_channel else None, level_set="paper",
+        ))  # fmt: skip
+    et = texport.export_weight(
+        tb.to_torch(kernel.T.copy()), tb.to_torch(alpha), b=4, k=1, per_channel=per_channel, level_set="paper"
     )
-    et = texport.export_weight(torch.tensor(kernel.T.copy()), torch.tensor(alpha), b=4, k=1, per_channel=per_channel,
-                               level_set="paper")
     assert ej.level_set == et.level_set == "paper" and ej.k == et.k == 0 and ej.codes.dtype == np.int8
-    np.testing.assert_array_equal(ej.codes, et.codes.numpy().T)
-    axis = -1 if per_channel else None
-    fq = jpaper.paper_weight_quant(
-        jnp.asarray(kernel), jnp.asarray(alpha), b=4, k=1, channel_axis=axis, level_set="paper"
-    )
-    _assert_bitwise("dequantized = fake quant", jexport.dequantize_kernel(ej), fq)
-    _assert_bitwise("torch dequantized", jexport.dequantize_kernel(ej), texport.dequantize_weight(et).numpy().T)
+    comps = [
+        compare("codes", ej.codes, tb.to_numpy(et.codes).T),
+        compare("export_gamma", ej.gamma, tb.to_numpy(et.gamma)),
+        compare("dequantized_kernel", jk, tb.to_numpy(texport.dequantize_weight(et)).T),
+        compare("dequantized_is_fake_quant", jk, fq),
+    ]
+    parity.record(f"{jax_backend.name}~{tb.name}", f"paper export b=4 per_channel={per_channel}", comps)
     with pytest.raises(ValueError, match="shift-and-add"):
-        jexport.integer_weights(ej)
-    with pytest.raises(ValueError, match="shift-and-add"):
-        jexport.shift_add_matmul(np.ones((2, 16), np.int32), ej)
-    with pytest.raises(ValueError, match="shift-and-add"):
-        texport.integer_weights(et)
-    with pytest.raises(ValueError, match="shift-and-add"):
-        texport.shift_add_matmul(torch.ones((2, 16), dtype=torch.int32), et)
+        texport.shift_add_matmul(torch.ones((2, 24), dtype=torch.int32, device=tb.device), et)
