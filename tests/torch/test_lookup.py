@@ -83,6 +83,11 @@ def test_grid_lookup_matches_reference(b, k, signed, monkeypatch):
 
 @pytest.mark.parametrize("b,k,signed", [(4, 2, False), (8, 2, False), (8, 2, True), (8, 4, False)])
 def test_compiled_fake_quant_matches_eager(b, k, signed):
+    """The compiled fake quant (forward, gradient) and codes equal the eager
+    ones bitwise; with unobserved qparams (NaN gamma) every output is NaN and
+    every code NAN_CODE, also compiled (where the select chain applies it
+    last). The qparams are arguments, as a module's buffers are, so both
+    qparams run the same compiled graphs."""
     torch._logging.set_logs(dynamo=logging.ERROR)
     torch._dynamo.reset()
     g = torch.Generator().manual_seed(b + k)
@@ -91,20 +96,25 @@ def test_compiled_fake_quant_matches_eager(b, k, signed):
     x[1], x[2], x[3] = float("inf"), -float("inf"), 1e-40
     qp = at.calculate_qparams(torch.tensor(-2.5), torch.tensor(2.0), b, k, signed)
 
-    def f(v):
-        return at.fake_quantize_function.apply(v, *qp)
+    def f(v, *q):
+        return at.fake_quantize_function.apply(v, *q)
 
-    compiled = torch.compile(f)
+    def codes_of(v, *q):
+        return at.quantize_APoT(v, *q).int_repr()
+
+    compiled, compiled_codes = torch.compile(f), torch.compile(codes_of)
     leaf_e, leaf_c = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ye, yc = f(leaf_e), compiled(leaf_c)
+    ye, yc = f(leaf_e, *qp), compiled(leaf_c, *qp)
     assert torch.equal(ye.isnan(), yc.isnan())
     assert torch.equal(ye.nan_to_num().view(torch.int32), yc.nan_to_num().view(torch.int32))
     dy = torch.randn(x.shape, generator=g)
     (ge,) = torch.autograd.grad(ye, leaf_e, dy)
     (gc,) = torch.autograd.grad(yc, leaf_c, dy)
     assert torch.equal(ge.view(torch.int32), gc.view(torch.int32))
-    codes = torch.compile(lambda v: at.quantize_APoT(v, *qp).int_repr())(x)
-    assert torch.equal(codes, at.quantize_APoT(x, *qp).int_repr())
+    assert torch.equal(compiled_codes(x, *qp), codes_of(x, *qp))
+    unobserved = at.calculate_qparams(torch.tensor(float("inf")), torch.tensor(float("-inf")), b, k, signed)
+    assert torch.isnan(unobserved[1]) and torch.isnan(compiled(leaf_c, *unobserved)).all()
+    assert (compiled_codes(x, *unobserved) == at.NAN_CODE).all()
 
 
 @pytest.mark.parametrize("b,k", [(4, 2), (8, 2)])
@@ -147,16 +157,3 @@ def test_table_cache_is_bounded():
         alpha, _, levels, indices = reference_qparams(-mx, mx, 4, 2, False)
         _check_eager(x.numpy(), qp, alpha, levels, indices)
     assert len(lk._TABLE_CACHE) == lk._TABLE_CACHE_SIZE
-
-
-@pytest.mark.parametrize("b", [4, 8])
-def test_compiled_unobserved_qparams_give_nan(b):
-    """NaN gamma (no observation yet): every output NaN, every code NAN_CODE,
-    also under torch.compile (where the select chain applies it last)."""
-    torch._logging.set_logs(dynamo=logging.ERROR)
-    qp = qparams(float("inf"), float("-inf"), b, 2)
-    x = torch.tensor([0.0, 0.3, -1.0, float("inf"), float("nan")])
-    y = torch.compile(lambda v: at.fake_quantize_function.apply(v, *qp))(x)
-    assert torch.isnan(y).all()
-    codes = torch.compile(lambda v: at.quantize_APoT(v, *qp).int_repr())(x)
-    assert (codes == at.NAN_CODE).all()
