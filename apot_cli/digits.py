@@ -2,9 +2,11 @@
 
 Application code on top of the library (``apot_jax.layers`` for the models,
 ``apot_jax.train`` for the steps and checkpoints, ``apot_jax.paper`` for the
-least-squares alphas); ``apot_cli/qat.py`` parses the arguments, runs the
-loop and prints. The notebook ``notebooks/apot_qat_tpu.ipynb`` is the same
-job and imports from here.
+least-squares alphas, ``apot_jax.export`` for the exported model);
+``apot_cli/qat.py`` parses and checks the arguments, builds a :class:`Job`
+and its :class:`Row` list, and prints what :func:`run_job` returns. The
+notebook ``notebooks/apot_qat_tpu.ipynb`` is the same job and imports from
+here.
 
 * :func:`load_digits_split`, :func:`epoch_batches`: scikit-learn's bundled
   8x8 digits (no download), a fixed stratified split, shuffled full batches.
@@ -18,11 +20,16 @@ job and imports from here.
 * :func:`fit_paper_alphas`, :func:`fit_activation_alphas`: the paper
   recipe's starting alphas by least squares (parameter surgery keyed on the
   models' layer names).
+* :func:`run_job`: trains the rows of a :class:`Job` (float first, then
+  each quantized row from trained weights), times their steps and exports
+  the first paper model (:func:`export_summary`); :func:`optimizer` is a
+  row's optax transformation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
@@ -458,8 +465,269 @@ def distinct_levels(bits: int | None, k: int, signed: bool, level_set: LevelSet 
     return int(np.unique(level_table(bits, k, signed).base_sum).size)
 
 
+# --------------------------------------------------------------------------
+# The job: train every row, time the steps, export the first paper model
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Row:
+    """One row of the job: a name and how its model is quantized (float:
+    ``QuantConfig()``); ``qwix``: the plain model through the Qwix provider."""
+
+    variant: str
+    quant: QuantConfig
+    qwix: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Job:
+    """How ``apot qat`` trains its rows (its options, checked by the CLI)."""
+
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (1024, 1024)
+    channels: tuple[int, ...] = (16, 32)
+    quantize_input: bool = False
+    signed_weights: bool = True
+    batch_size: int = 256
+    epochs: int = 40
+    qat_epochs: int = 20
+    lr: float = 1e-3
+    qat_lr: float = 3e-4
+    seed: int = 0
+    paper_optimizer: str = "sgd"
+    paper_lr: float = 0.01
+    paper_alpha_decay: float = 1e-4
+    paper_init: str = "progressive"
+    timing_rounds: int = 5
+    timing_steps: int = 20
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class JobResult:
+    """What :func:`run_job` measured: one dict per row (the ``results.json``
+    layout), the first paper model's export summary (or ``None``), the
+    split's sizes and the wall time in seconds."""
+
+    rows: list[dict[str, Any]]
+    export: dict[str, Any] | None
+    train_size: int
+    test_size: int
+    wall_s: float
+
+
+def optimizer(job: Job, quant: QuantConfig, steps: int) -> Any:
+    """The optax transformation of a row: adam for float and prototype rows
+    (and ``paper_optimizer="adam"``); the paper's SGD (momentum 0.9, cosine
+    decay over the row's steps, weight decay on the alphas only) otherwise."""
+    import optax
+
+    if quant.bits is None:
+        return optax.adam(job.lr)
+    if quant.recipe != "paper" or job.paper_optimizer == "adam":
+        return optax.adam(job.qat_lr)
+
+    def alphas(params: Any) -> Any:
+        return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "alpha", params)
+
+    return optax.chain(
+        optax.masked(optax.add_decayed_weights(job.paper_alpha_decay), alphas),
+        optax.sgd(optax.cosine_decay_schedule(job.paper_lr, max(1, steps)), momentum=0.9),
+    )
+
+
+def weight_levels(quant: QuantConfig, signed_weights: bool) -> int | None:
+    """Distinct weight levels of a quantized row."""
+    if quant.recipe == "paper":
+        return 2**quant.bits - 1 if quant.bits is not None else None  # sign-magnitude: 2**b - 1 levels
+    return distinct_levels(quant.bits, quant.k, signed_weights)
+
+
+def activation_levels(quant: QuantConfig) -> int | None:
+    """Distinct activation levels of a quantized row."""
+    level_set = quant.level_set if quant.learn_activation_alpha else "apot"
+    return distinct_levels(quant.bits, quant.k, False, level_set)
+
+
+def export_summary(model_name: str, sizes: dict[str, Any], model: nn.Module, state: Any, quant: QuantConfig,
+                   eval_fn: Callable[..., Any], x_te: np.ndarray, y_te: np.ndarray, variant: str) -> dict[str, Any]:
+    """Export every paper-recipe layer of the model to codes, run the model from
+    the dequantized codes (activation fake quants and the 8-bit first/last
+    layers' uniform fake quants unchanged) and measure it. The 8-bit layers
+    count as 8-bit codes plus one float32 scale."""
+    from apot_jax import export as X
+    from apot_jax import train as T
+
+    assert quant.bits is not None and quant.magnitude_k is not None  # a paper row
+    exported = {
+        name: X.export_kernel(layer["kernel"], layer["weight_quant"]["alpha"], b=quant.bits, k=quant.magnitude_k,
+                              per_channel=quant.per_channel, bias=layer["bias"], level_set=quant.level_set)
+        for name, layer in state.params.items()
+        if "alpha" in layer.get("weight_quant", {})
+    }  # fmt: skip
+    # The same network with the paper weights' fake quant off: their kernels from the codes.
+    plain = make_model(model_name, quant, quantize_input=model.quantize_input, codes=True, **sizes)
+    params = {}
+    for name, layer in state.params.items():
+        if name in exported:
+            e = exported[name]
+            # the activations' learnt alphas (if any) stay as they are
+            params[name] = {**{key: val for key, val in layer.items() if key == "input_quant"},
+                            "kernel": X.dequantize_kernel(e), "bias": jnp.asarray(e.bias)}  # fmt: skip
+        else:
+            params[name] = layer
+    plain_state = state.replace(params=params)
+    logits_codes = np.asarray(T.make_eval_fn(plain)(plain_state, jnp.asarray(x_te)))
+    logits_fq = np.asarray(eval_fn(state, jnp.asarray(x_te)))
+    float_bytes = 4 * sum(int(np.prod(layer["kernel"].shape)) for layer in state.params.values())
+    edge = [layer for name, layer in state.params.items() if name not in exported]
+    code_bytes = sum(e.code_bytes() for e in exported.values())
+    code_bytes += sum(int(np.prod(layer["kernel"].shape)) * (quant.first_last_bits or 32) // 8 for layer in edge)
+    scale_bytes = sum(4 * (e.alpha.size + e.gamma.size + e.scale.size) for e in exported.values()) + 4 * len(edge)
+    return {
+        "variant": variant,
+        "bits": quant.bits,
+        "first_last_bits": quant.first_last_bits,
+        "code_bytes": code_bytes,
+        "scale_bytes": scale_bytes,
+        "quantized_bytes": code_bytes + scale_bytes,
+        "float_bytes": float_bytes,
+        "test_accuracy": float(np.mean(np.argmax(logits_codes, -1) == y_te)),
+        "fake_quant_accuracy": float(np.mean(np.argmax(logits_fq, -1) == y_te)),
+        "identical_logits": bool(np.array_equal(logits_codes, logits_fq)),
+    }
+
+
+def run_job(job: Job, rows: Sequence[Row]) -> JobResult:
+    """Train every row on the digits split and time their steps.
+
+    ``rows[0]`` is the float model (``QuantConfig()``); every quantized row
+    starts from its trained weights (a paper row with
+    ``paper_init="progressive"``: from the previous paper row's), with
+    calibrated observers and, for the paper recipe, least-squares alphas.
+    All rows' steps are then timed in interleaved rounds on one batch
+    (median per row, so a busy machine slows every row alike).
+
+    Raises:
+      ValueError: ``rows[0]`` is not the float row, or ``job.batch_size`` is
+        larger than the training set.
+    """
+    from tqdm import tqdm
+
+    from apot_jax import train as T
+
+    if not rows or rows[0].quant.bits is not None:
+        raise ValueError("rows[0] must be the float model (QuantConfig())")
+    x_tr, y_tr, x_te, y_te = load_digits_split()
+    if job.batch_size > len(x_tr):
+        raise ValueError(f"must be <= {len(x_tr)} (training set size), got {job.batch_size}")
+    sizes: dict[str, Any] = dict(hidden=tuple(job.hidden), channels=tuple(job.channels))
+    steps_per_epoch = len(x_tr) // job.batch_size
+    rng = jax.random.key(job.seed)
+    sample = jnp.asarray(x_tr[: job.batch_size])
+    variants: list[dict[str, Any]] = [
+        {"variant": r.variant, "quant": r.quant, **({"qwix": True} if r.qwix else {})} for r in rows
+    ]
+
+    total_steps = steps_per_epoch * (job.epochs + job.qat_epochs * (len(variants) - 1))
+    bar = tqdm(total=total_steps, desc="apot qat", unit="step", disable=not job.progress, file=sys.stderr)
+    float_state: T.TrainState | None
+    float_model: nn.Module | None
+    float_state = float_model = None
+    previous_paper = None  # the last paper row's trained params (progressive initialisation)
+    timers = []  # (variant, step_fn, state) for the interleaved timing
+    export: dict[str, Any] | None = None  # the first paper model's export summary
+    t_start = time.perf_counter()
+    for v in variants:
+        quant = v["quant"]
+        if v.get("qwix"):
+            model = qwix_model(job.model, quant, job.quantize_input, **sizes)
+        else:
+            model = make_model(job.model, quant, quantize_input=job.quantize_input, **sizes)
+        is_float = quant.bits is None
+        epochs = job.epochs if is_float else job.qat_epochs
+        tx = optimizer(job, quant, epochs * steps_per_epoch)
+        state = T.init_state(model, tx, rng, sample)
+        if not is_float:
+            # QAT starts from trained weights (the float model's; a paper row
+            # with --paper-init progressive: the previous paper row's), with
+            # observers calibrated on them (fake quant off).
+            assert float_state is not None and float_model is not None  # variants[0] is the float model
+            source, v["init_from"] = float_state.params, "float"
+            if quant.recipe == "paper" and job.paper_init == "progressive" and previous_paper is not None:
+                source, v["init_from"] = previous_paper
+            params = with_weights(state.params, source)
+            params = fit_paper_alphas(params, quant)  # paper recipe: least-squares initial alphas
+            if quant.learn_activation_alpha:
+                params = fit_activation_alphas(model, params, float_model, float_state.params, x_tr)
+            state = state.replace(params=params, opt_state=tx.init(params))
+            state = T.calibrate(model, state, [x_tr])  # the whole training set, one batch
+        step_fn = T.make_train_step(model, tx)
+        eval_fn = T.make_eval_fn(model)
+        history: dict[str, list[Any]] = {"epoch": [], "train_loss": [], "test_accuracy": []}
+        if not is_float:  # accuracy right after calibration, before any QAT step
+            history["epoch"].append(0)
+            history["train_loss"].append(None)
+            history["test_accuracy"].append(T.accuracy(eval_fn, state, x_te, y_te))
+        bar.set_description(f"{v['variant'].split()[0]} {quant.bits or 32}-bit")
+        for epoch in range(epochs):
+            losses = []
+            for xb, yb in epoch_batches(x_tr, y_tr, job.batch_size, job.seed, epoch):
+                state, metrics = step_fn(state, jnp.asarray(xb), jnp.asarray(yb))
+                losses.append(metrics["loss"])
+                bar.update(1)
+            history["epoch"].append(epoch + 1)
+            history["train_loss"].append(float(np.mean(jax.device_get(losses))))
+            history["test_accuracy"].append(T.accuracy(eval_fn, state, x_te, y_te))
+            bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", acc=f"{100 * history['test_accuracy'][-1]:.1f}")
+        if is_float:
+            float_state, float_model = state, model
+        if quant.recipe == "paper" and not is_float:
+            previous_paper = state.params, f"paper {quant.bits}-bit"
+        paper_row = quant.recipe == "paper" and not is_float
+        v.update(
+            bits=quant.bits,
+            k=quant.k if not is_float else None,
+            recipe=None if is_float else quant.recipe,
+            weight_k=quant.magnitude_k if paper_row else None,
+            level_set=quant.level_set if paper_row else None,
+            first_last_bits=quant.first_last_bits if paper_row else None,
+            optimizer=("adam" if not paper_row else job.paper_optimizer),
+            quantize=None if is_float else quant.quantize,
+            weight_levels=weight_levels(quant, job.signed_weights) if quant.weight_quant else None,
+            activation_levels=activation_levels(quant) if quant.input_quant else None,
+            test_accuracy=T.accuracy(eval_fn, state, x_te, y_te),
+            history=history,
+        )
+        timers.append((v, step_fn, state))
+        if paper_row and quant.weight_quant and export is None:
+            export = export_summary(job.model, sizes, model, state, quant, eval_fn, x_te, y_te, v["variant"])
+    bar.close()
+
+    # Step time: all variants timed in interleaved rounds on the same batch,
+    # median per variant, so a busy machine slows every variant alike.
+    xb, yb = next(epoch_batches(x_tr, y_tr, job.batch_size, job.seed, 0))
+    x_timing, y_timing = jnp.asarray(xb), jnp.asarray(yb)
+    samples: dict[int, list[float]] = {i: [] for i in range(len(timers))}
+    for _ in range(max(1, job.timing_rounds)):
+        for i, (_, step_fn, state) in enumerate(timers):
+            samples[i].append(time_step(step_fn, state, x_timing, y_timing, max(1, job.timing_steps)))
+    float_ms = 1e3 * float(np.median(samples[0]))
+    for i, (v, _, _) in enumerate(timers):
+        v["step_ms"] = 1e3 * float(np.median(samples[i]))
+        v["step_time_ratio"] = v["step_ms"] / float_ms
+    wall = time.perf_counter() - t_start
+
+
+    results = [{key: val for key, val in v.items() if key not in ("quant", "qwix")} for v in variants]
+    return JobResult(results, export, len(x_tr), len(x_te), wall)
+
+
 __all__ = [
     "CNN",
+    "Job",
+    "JobResult",
+    "Row",
     "DEFAULT_K",
     "FIRST_LAST_BITS",
     "MLP",
@@ -474,5 +742,10 @@ __all__ = [
     "plain_model",
     "qwix_model",
     "time_step",
+    "activation_levels",
+    "export_summary",
+    "optimizer",
+    "run_job",
+    "weight_levels",
     "with_weights",
 ]

@@ -39,16 +39,9 @@ import argparse
 import json
 import os
 import sys
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apot_cli.digits import DEFAULT_K, FIRST_LAST_BITS, MODELS
-
-if TYPE_CHECKING:
-    import flax.linen as nn
-
-    from apot_common.tables import LevelSet
-    from apot_jax.train import TrainState
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -298,155 +291,39 @@ def _validate_args(args: argparse.Namespace) -> None:
             fail("--out", f"{existing} is not writable")
 
 
-def _optimizer(args: argparse.Namespace, quant: Any, steps: int) -> Any:
-    """The optax transformation of a row: adam for float and prototype rows
-    (and ``--paper-optimizer adam``); the paper's SGD (momentum 0.9, cosine
-    decay over the row's steps, weight decay on the alphas only) otherwise."""
-    import jax
-    import optax
-
-    if quant.bits is None:
-        return optax.adam(args.lr)
-    if quant.recipe != "paper" or args.paper_optimizer == "adam":
-        return optax.adam(args.qat_lr)
-
-    def alphas(params: Any) -> Any:
-        return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], "key", None) == "alpha", params)
-
-    return optax.chain(
-        optax.masked(optax.add_decayed_weights(args.paper_alpha_decay), alphas),
-        optax.sgd(optax.cosine_decay_schedule(args.paper_lr, max(1, steps)), momentum=0.9),
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from tqdm import tqdm
 
     _validate_args(args)  # SystemExit(2) with argparse's message, before any work
     from apot_cli import digits as D
-    from apot_jax import train as T
 
     ks = _k_values(args.bits, args.k)
     qat_epochs = args.epochs if args.qat_epochs is None else args.qat_epochs
     signed_weights = not args.unsigned_weights
-    sizes: dict[str, Any] = dict(hidden=tuple(args.hidden), channels=tuple(args.channels))
-
-    x_tr, y_tr, x_te, y_te = D.load_digits_split()
-    if args.batch_size > len(x_tr):
-        print(f"apot qat: --batch-size must be <= {len(x_tr)} (training set size)", file=sys.stderr)
-        return 2
-    steps_per_epoch = len(x_tr) // args.batch_size
-    rng = jax.random.key(args.seed)
-    sample = jnp.asarray(x_tr[: args.batch_size])
-
-    variants: list[dict[str, Any]] = [{"variant": "float", "quant": D.QuantConfig()}]
+    rows_in = [D.Row(variant="float", quant=D.QuantConfig())]
     if "prototype" in args.recipe:
         for b, k in zip(args.bits, ks):
-            variants.append(
-                {
-                    "variant": f"APoT {args.quantize}",
-                    "quant": D.QuantConfig(bits=b, k=k, quantize=args.quantize, signed_weights=signed_weights),
-                }
-            )
+            quant = D.QuantConfig(bits=b, k=k, quantize=args.quantize, signed_weights=signed_weights)
+            rows_in.append(D.Row(variant=f"APoT {args.quantize}", quant=quant))
             if args.qwix:
-                variants.append({**variants[-1], "variant": f"qwix APoT {args.quantize}", "qwix": True})
+                rows_in.append(D.Row(variant=f"qwix APoT {args.quantize}", quant=quant, qwix=True))
     if "paper" in args.recipe:
-        for b in args.paper_bits:
-            variants.append({"variant": f"paper {args.quantize}", "quant": _paper_quant(args, b)})
+        rows_in += [D.Row(variant=f"paper {args.quantize}", quant=_paper_quant(args, b)) for b in args.paper_bits]
+    job = D.Job(model=args.model, hidden=tuple(args.hidden), channels=tuple(args.channels),
+                quantize_input=args.quantize_input, signed_weights=signed_weights, batch_size=args.batch_size,
+                epochs=args.epochs, qat_epochs=qat_epochs, lr=args.lr, qat_lr=args.qat_lr, seed=args.seed,
+                paper_optimizer=args.paper_optimizer, paper_lr=args.paper_lr,
+                paper_alpha_decay=args.paper_alpha_decay, paper_init=args.paper_init,
+                timing_rounds=args.timing_rounds, timing_steps=args.timing_steps,
+                progress=not args.no_progress)  # fmt: skip
+    try:
+        result = D.run_job(job, rows_in)
+    except ValueError as exc:  # the batch size against the training set, known once the data is loaded
+        print(f"apot qat: --batch-size {exc}", file=sys.stderr)
+        return 2
+    rows, export, wall = result.rows, result.export, result.wall_s
+    n_train, n_test = result.train_size, result.test_size
 
-    total_steps = steps_per_epoch * (args.epochs + qat_epochs * (len(variants) - 1))
-    bar = tqdm(total=total_steps, desc="apot qat", unit="step", disable=args.no_progress, file=sys.stderr)
-    float_state: TrainState | None
-    float_model: nn.Module | None
-    float_state = float_model = None
-    previous_paper = None  # the last paper row's trained params (progressive initialisation)
-    timers = []  # (variant, step_fn, state) for the interleaved timing
-    export: dict[str, Any] | None = None  # the first paper model's export summary
-    t_start = time.perf_counter()
-    for v in variants:
-        quant = v["quant"]
-        if v.get("qwix"):
-            model = D.qwix_model(args.model, quant, args.quantize_input, **sizes)
-        else:
-            model = D.make_model(args.model, quant, quantize_input=args.quantize_input, **sizes)
-        is_float = quant.bits is None
-        epochs = args.epochs if is_float else qat_epochs
-        tx = _optimizer(args, quant, epochs * steps_per_epoch)
-        state = T.init_state(model, tx, rng, sample)
-        if not is_float:
-            # QAT starts from trained weights (the float model's; a paper row
-            # with --paper-init progressive: the previous paper row's), with
-            # observers calibrated on them (fake quant off).
-            assert float_state is not None and float_model is not None  # variants[0] is the float model
-            source, v["init_from"] = float_state.params, "float"
-            if quant.recipe == "paper" and args.paper_init == "progressive" and previous_paper is not None:
-                source, v["init_from"] = previous_paper
-            params = D.with_weights(state.params, source)
-            params = D.fit_paper_alphas(params, quant)  # paper recipe: least-squares initial alphas
-            if quant.learn_activation_alpha:
-                params = D.fit_activation_alphas(model, params, float_model, float_state.params, x_tr)
-            state = state.replace(params=params, opt_state=tx.init(params))
-            state = T.calibrate(model, state, [x_tr])  # the whole training set, one batch
-        step_fn = T.make_train_step(model, tx)
-        eval_fn = T.make_eval_fn(model)
-        history: dict[str, list[Any]] = {"epoch": [], "train_loss": [], "test_accuracy": []}
-        if not is_float:  # accuracy right after calibration, before any QAT step
-            history["epoch"].append(0)
-            history["train_loss"].append(None)
-            history["test_accuracy"].append(T.accuracy(eval_fn, state, x_te, y_te))
-        bar.set_description(f"{v['variant'].split()[0]} {quant.bits or 32}-bit")
-        for epoch in range(epochs):
-            losses = []
-            for xb, yb in D.epoch_batches(x_tr, y_tr, args.batch_size, args.seed, epoch):
-                state, metrics = step_fn(state, jnp.asarray(xb), jnp.asarray(yb))
-                losses.append(metrics["loss"])
-                bar.update(1)
-            history["epoch"].append(epoch + 1)
-            history["train_loss"].append(float(np.mean(jax.device_get(losses))))
-            history["test_accuracy"].append(T.accuracy(eval_fn, state, x_te, y_te))
-            bar.set_postfix(loss=f"{history['train_loss'][-1]:.3f}", acc=f"{100 * history['test_accuracy'][-1]:.1f}")
-        if is_float:
-            float_state, float_model = state, model
-        if quant.recipe == "paper" and not is_float:
-            previous_paper = state.params, f"paper {quant.bits}-bit"
-        paper_row = quant.recipe == "paper" and not is_float
-        v.update(
-            bits=quant.bits,
-            k=quant.k if not is_float else None,
-            recipe=None if is_float else quant.recipe,
-            weight_k=quant.magnitude_k if paper_row else None,
-            level_set=quant.level_set if paper_row else None,
-            first_last_bits=quant.first_last_bits if paper_row else None,
-            optimizer=("adam" if not paper_row else args.paper_optimizer),
-            quantize=None if is_float else quant.quantize,
-            weight_levels=_weight_levels(quant, signed_weights) if quant.weight_quant else None,
-            activation_levels=_activation_levels(quant) if quant.input_quant else None,
-            test_accuracy=T.accuracy(eval_fn, state, x_te, y_te),
-            history=history,
-        )
-        timers.append((v, step_fn, state))
-        if paper_row and quant.weight_quant and export is None:
-            export = _export_summary(args.model, sizes, model, state, quant, eval_fn, x_te, y_te, v)
-    bar.close()
-
-    # Step time: all variants timed in interleaved rounds on the same batch,
-    # median per variant, so a busy machine slows every variant alike.
-    xb, yb = next(D.epoch_batches(x_tr, y_tr, args.batch_size, args.seed, 0))
-    x_timing, y_timing = jnp.asarray(xb), jnp.asarray(yb)
-    samples: dict[int, list[float]] = {i: [] for i in range(len(timers))}
-    for _ in range(max(1, args.timing_rounds)):
-        for i, (_, step_fn, state) in enumerate(timers):
-            samples[i].append(D.time_step(step_fn, state, x_timing, y_timing, max(1, args.timing_steps)))
-    float_ms = 1e3 * float(np.median(samples[0]))
-    for i, (v, _, _) in enumerate(timers):
-        v["step_ms"] = 1e3 * float(np.median(samples[i]))
-        v["step_time_ratio"] = v["step_ms"] / float_ms
-    wall = time.perf_counter() - t_start
-
-    rows = [{key: val for key, val in v.items() if key not in ("quant", "qwix")} for v in variants]
     print(_format_table(rows))
     float_acc = rows[0]["test_accuracy"]
     if args.model == "mlp":
@@ -454,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         arch = f"CNN conv3x3-{args.channels[0]}, conv3x3/2-{args.channels[1]}, dense-10"
     print(
-        f"digits: {len(x_tr)} train / {len(x_te)} test; {arch}; "
+        f"digits: {n_train} train / {n_test} test; {arch}; "
         f"batch {args.batch_size}; float {args.epochs} epochs (adam {args.lr}), QAT {qat_epochs} epochs "
         f"after calibration; prototype: adam {args.qat_lr} from the float weights, weights "
         f"{'signed' if signed_weights else 'unsigned'} table, activations unsigned (k w/a = weight k / activation k)"
@@ -494,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         config = {key: val for key, val in vars(args).items() if not key.startswith("_")}
-        config.update(k=ks, qat_epochs=qat_epochs, train_size=int(len(x_tr)), test_size=int(len(x_te)))
+        config.update(k=ks, qat_epochs=qat_epochs, train_size=int(n_train), test_size=int(n_test))
         with open(os.path.join(args.out, "results.json"), "w") as f:
             json.dump(
                 {"config": config, "results": rows, "export": export, "platform": jax.devices()[0].platform},
@@ -505,72 +382,6 @@ def run(args: argparse.Namespace) -> int:
             _plot(args.out, rows, signed_weights)
         print(f"wrote {args.out}")
     return 0
-
-
-def _weight_levels(quant: Any, signed_weights: bool) -> int | None:
-    from apot_cli.digits import distinct_levels
-
-    if quant.recipe == "paper":
-        return 2**quant.bits - 1  # sign-magnitude: exactly 2**b - 1 distinct levels
-    return distinct_levels(quant.bits, quant.k, signed_weights)
-
-
-def _activation_levels(quant: Any) -> int | None:
-    from apot_cli.digits import distinct_levels
-
-    level_set: LevelSet = quant.level_set if quant.learn_activation_alpha else "apot"
-    return distinct_levels(quant.bits, quant.k, False, level_set)
-
-
-def _export_summary(model_name, sizes, model, state, quant, eval_fn, x_te, y_te, variant) -> dict[str, Any]:
-    """Export every paper-recipe layer of the model to codes, run the model from
-    the dequantized codes (activation fake quants and the 8-bit first/last
-    layers' uniform fake quants unchanged) and measure it. The 8-bit layers
-    count as 8-bit codes plus one float32 scale."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    from apot_cli import digits as D
-    from apot_jax import export as X
-    from apot_jax import train as T
-
-    exported = {
-        name: X.export_kernel(layer["kernel"], layer["weight_quant"]["alpha"], b=quant.bits, k=quant.magnitude_k,
-                              per_channel=quant.per_channel, bias=layer["bias"], level_set=quant.level_set)
-        for name, layer in state.params.items()
-        if "alpha" in layer.get("weight_quant", {})
-    }  # fmt: skip
-    # The same network with the paper weights' fake quant off: their kernels from the codes.
-    plain = D.make_model(model_name, quant, quantize_input=model.quantize_input, codes=True, **sizes)
-    params = {}
-    for name, layer in state.params.items():
-        if name in exported:
-            e = exported[name]
-            # the activations' learnt alphas (if any) stay as they are
-            params[name] = {**{key: val for key, val in layer.items() if key == "input_quant"},
-                            "kernel": X.dequantize_kernel(e), "bias": jnp.asarray(e.bias)}  # fmt: skip
-        else:
-            params[name] = layer
-    plain_state = state.replace(params=params)
-    logits_codes = np.asarray(T.make_eval_fn(plain)(plain_state, jnp.asarray(x_te)))
-    logits_fq = np.asarray(eval_fn(state, jnp.asarray(x_te)))
-    float_bytes = 4 * sum(int(np.prod(layer["kernel"].shape)) for layer in state.params.values())
-    edge = [layer for name, layer in state.params.items() if name not in exported]
-    code_bytes = sum(e.code_bytes() for e in exported.values())
-    code_bytes += sum(int(np.prod(layer["kernel"].shape)) * (quant.first_last_bits or 32) // 8 for layer in edge)
-    scale_bytes = sum(4 * (e.alpha.size + e.gamma.size + e.scale.size) for e in exported.values()) + 4 * len(edge)
-    return {
-        "variant": variant["variant"],
-        "bits": quant.bits,
-        "first_last_bits": quant.first_last_bits,
-        "code_bytes": code_bytes,
-        "scale_bytes": scale_bytes,
-        "quantized_bytes": code_bytes + scale_bytes,
-        "float_bytes": float_bytes,
-        "test_accuracy": float(np.mean(np.argmax(logits_codes, -1) == y_te)),
-        "fake_quant_accuracy": float(np.mean(np.argmax(logits_fq, -1) == y_te)),
-        "identical_logits": bool(np.array_equal(logits_codes, logits_fq)),
-    }
 
 
 def _plot(out: str, rows: list[dict[str, Any]], signed_weights: bool) -> None:

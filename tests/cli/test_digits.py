@@ -5,7 +5,7 @@ optimizer."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -72,11 +72,9 @@ def test_plain_models_have_the_apot_models_parameter_names():
 
 
 def test_paper_optimizer_is_sgd_momentum_with_decay_on_the_alphas_only():
-    from apot_cli import qat
-
-    args = argparse.Namespace(lr=1e-3, qat_lr=3e-4, paper_optimizer="sgd", paper_lr=0.1, paper_alpha_decay=0.5)
+    job = D.Job(lr=1e-3, qat_lr=3e-4, paper_optimizer="sgd", paper_lr=0.1, paper_alpha_decay=0.5)
     quant = D.QuantConfig(bits=3, k=1, recipe="paper")
-    tx = qat._optimizer(args, quant, steps=10)
+    tx = D.optimizer(job, quant, steps=10)
     params = {"dense0": {"kernel": jnp.ones((2,)), "weight_quant": {"alpha": jnp.full((), 2.0)}}}
     zero = jax.tree_util.tree_map(jnp.zeros_like, params)
     updates, state = tx.update(zero, tx.init(params), params)
@@ -85,7 +83,12 @@ def test_paper_optimizer_is_sgd_momentum_with_decay_on_the_alphas_only():
     updates, _ = tx.update(zero, state, params)  # momentum 0.9 carries the first step, cosine lr
     lr1 = 0.1 * 0.5 * (1 + np.cos(np.pi * 1 / 10))
     assert float(updates["dense0"]["weight_quant"]["alpha"]) == pytest.approx(-lr1 * (0.9 + 1.0) * 0.5 * 2.0, rel=1e-5)
-    assert qat._optimizer(argparse.Namespace(**{**vars(args), "paper_optimizer": "adam"}), quant, 10) is not None
+    assert D.optimizer(dataclasses.replace(job, paper_optimizer="adam"), quant, 10) is not None
+
+
+def test_run_job_refuses_a_first_row_that_is_not_float():
+    with pytest.raises(ValueError, match="rows\\[0\\] must be the float model"):
+        D.run_job(D.Job(), [D.Row(variant="APoT", quant=D.QuantConfig(bits=4, k=2))])
 
 
 def test_quant_config_checks_every_bit_width():

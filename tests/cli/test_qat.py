@@ -180,3 +180,9 @@ def test_qat_cli_refuses_an_unwritable_out(tmp_path, capsys, monkeypatch):
         with pytest.raises(SystemExit) as info:
             main(["qat", "--out", str(out)])
         assert info.value.code == 2 and re.search("argument --out: .*" + named, capsys.readouterr().err)
+
+
+def test_qat_refuses_a_batch_larger_than_the_training_set(capsys):
+    assert main(["qat", "--recipe", "prototype", "--bits", "4", *TINY, "--batch-size", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size must be <= 1347 (training set size), got 100000" in err
