@@ -6,24 +6,36 @@ API (mirrors ``apot_torch/_lookup.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from apot_jax import levels as _levels
-from apot_jax.observer import APoTQParams
 
-if TYPE_CHECKING:  # apot_jax.paper imports this module
-    from apot_jax.paper import SignMagnitudeQParams
+
+class LookupQParams(Protocol):
+    """What the lookup reads of a qparams pytree (``apot_jax.observer.APoTQParams``,
+    ``apot_jax.paper.SignMagnitudeQParams``): scalar ``alpha`` and ``gamma``,
+    ``(N,)`` ascending ``quantization_levels``."""
+
+    @property
+    def alpha(self) -> jax.Array: ...
+
+    @property
+    def gamma(self) -> jax.Array: ...
+
+    @property
+    def quantization_levels(self) -> jax.Array: ...
+
 
 #: Up to this many levels, rounding is a chain of compare-and-selects against
 #: scalar thresholds (vectorises, no gather); above it, a per-cell lookup.
 SELECT_CHAIN_MAX_LEVELS = 16
 
 
-def lookup(x: jax.Array, qparams: APoTQParams | SignMagnitudeQParams, values: jax.Array, nan_value) -> jax.Array:
+def lookup(x: jax.Array, qparams: LookupQParams, values: jax.Array, nan_value) -> jax.Array:
     """``values[p(x)]`` for the contract's chosen position ``p`` of each element.
 
     ``x`` is float32; ``values`` is indexed by sorted position (shape ``(N,)``).
@@ -40,7 +52,7 @@ def lookup(x: jax.Array, qparams: APoTQParams | SignMagnitudeQParams, values: ja
 
 
 @jax.jit
-def _lookup(x: jax.Array, qparams: APoTQParams | SignMagnitudeQParams, values: jax.Array,
+def _lookup(x: jax.Array, qparams: LookupQParams, values: jax.Array,
             nan_value: jax.Array) -> jax.Array:
     theta = _levels.thresholds(qparams.quantization_levels, qparams.alpha)
     n = theta.shape[0]
