@@ -44,9 +44,9 @@ def lookup(x: jax.Array, qparams: LookupQParams, values: jax.Array, nan_value) -
 
     One compiled program per shape and configuration, also when called
     eagerly (op by op, the thresholds' bisection and the select chain are
-    some hundred dispatches, each compiled on first use): see the eager rows
-    of ``benchmarks/bench_jax.py``. Inside a traced function it is inlined
-    like any nested ``jax.jit``.
+    some hundred dispatches, each compiled on first use):
+    ``benchmarks/bench_jax.py --eager``. Inside a traced function it is
+    inlined like any nested ``jax.jit``.
     """
     return _lookup(x, qparams, values, jnp.asarray(nan_value, values.dtype))
 
