@@ -1,7 +1,7 @@
 """The rounding lookup of the torch quantizers (``apot_torch.quantizer``,
 ``apot_torch.paper``): the eager strategies with their table cache, and the
-custom operators ``apot::grid_or_search`` and ``apot::realize`` for traced
-graphs. Internal, not public API (mirrors ``apot_jax/_lookup.py``).
+custom operators ``apot::thresholds`` and ``apot::grid_or_search`` that
+traced graphs call instead. Internal, not public API (mirrors ``apot_jax/_lookup.py``).
 """
 
 from __future__ import annotations
@@ -29,19 +29,22 @@ def lookup(x: Tensor, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor,
     the same ``p = count(thresholds < x)``; they differ only in speed
     (``benchmarks/bench_torch.py``). Returns ``values.dtype``, shaped like ``x``.
 
-    Under ``torch.compile``, up to ``SELECT_CHAIN_MAX_LEVELS`` levels are a
-    chain of selects traced into the caller's graph; more levels are one
-    opaque operator (``apot::grid_or_search``, so the caller's graph does not break
-    at the data-dependent choice of strategy) whose exact-grid case runs a
-    fused Inductor kernel (``_grid_lookup``).
+    Under ``torch.compile`` the rounding tables come from opaque operators
+    (``apot::thresholds``, ``apot::grid_or_search``) that read the eager
+    table cache, so the caller's graph holds none of the 32-step threshold
+    bisection: traced, it was some 600 Inductor nodes in every graph that
+    rounds, and most of a model's compile time. Up to
+    ``SELECT_CHAIN_MAX_LEVELS`` levels the graph rounds with a chain of
+    selects against those thresholds, fused into the caller's kernel; more
+    levels are one operator (the graph does not break at the data-dependent
+    choice of strategy) whose exact-grid case runs a fused Inductor kernel
+    (``_grid_lookup``).
     """
     x = x.detach()  # comparisons and indices carry no gradient to x anyway
     if torch.compiler.is_compiling():
         n = quantization_levels.shape[0]
         if n <= SELECT_CHAIN_MAX_LEVELS:
-            # realized: else Inductor inlines the thresholds' pointwise tail
-            # into the per-element loop (see _realize)
-            theta = torch.ops.apot.realize(_levels.thresholds(quantization_levels, alpha))
+            theta = torch.ops.apot.thresholds(quantization_levels.detach(), alpha.detach())
             nan = torch.tensor(nan_value, dtype=values.dtype, device=values.device)
             out = values[0].expand(x.shape)
             for j in range(n - 1):
@@ -49,18 +52,12 @@ def lookup(x: Tensor, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor,
             # unobserved qparams (NaN gamma): every element gets nan_value
             return torch.where(torch.isnan(x) | torch.isnan(gamma), nan, out)
         if not values.requires_grad:
-            # the tables are small: traced (and fused) in the caller's graph
-            theta = _levels.thresholds(quantization_levels, alpha)
-            nan = torch.tensor(nan_value, dtype=values.dtype, device=values.device)
-            values = torch.where(torch.isnan(gamma), nan, values)
-            grid = _levels.rounding_grid(theta, quantization_levels, alpha)
-            ok = grid.exact & (grid.scale > 0) & (grid.scale < float("inf"))
-            below = values[grid.lower.clamp(max=n - 1)]
-            above = values[grid.upper.clamp(max=n - 1)]
-            top = torch.tensor(grid.threshold.shape[0] - 1, dtype=torch.float32, device=x.device)
             return torch.ops.apot.grid_or_search(
-                x, theta, values, nan, ok, grid.origin, grid.scale, top, grid.threshold, below, above
+                x, alpha.detach(), gamma.detach(), quantization_levels.detach(), values, float(nan_value)
             )
+        # a gradient to the values (levels that depend on a learned alpha):
+        # eager, behind a graph break, where autograd records the gather
+        return _eager_lookup_outside_graph(x, alpha, gamma, quantization_levels, values, nan_value, False)
     return _eager_lookup(x, alpha, gamma, quantization_levels, values, nan_value, False)
 
 
@@ -105,12 +102,10 @@ def _rounding_tables(quantization_levels: Tensor, alpha: Tensor) -> tuple[Tensor
     ``_TABLE_CACHE_SIZE`` distinct pairs, keyed on the bit patterns of the
     levels and alpha (copied to the host, so a change in place is a new
     key): a hit returns exactly what the computation would. Traced code
-    (``torch.compile``) computes them in its graph instead.
+    (``torch.compile``) reads them through the ``apot::`` operators.
     """
     levels_ = quantization_levels.detach()
     alpha_ = alpha.detach()
-    if torch.compiler.is_compiling():
-        return _compute_rounding_tables(levels_, alpha_)
     key = (
         levels_.device,
         levels_.dtype,
@@ -164,53 +159,46 @@ def _compiled_grid_lookup():
     return _COMPILED_GRID_LOOKUP
 
 
+_eager_lookup_outside_graph = torch.compiler.disable(_eager_lookup)
+
+
+@torch.library.custom_op("apot::thresholds", mutates_args=())
+def _thresholds(quantization_levels: Tensor, alpha: Tensor) -> Tensor:
+    """``_levels.thresholds`` of ``(N,)`` levels as an operator that traced
+    graphs cannot see into, computed from the table cache
+    (``_rounding_tables``).
+
+    Inductor cannot fuse the bisection into the caller's kernel this way
+    either: traced, the thresholds' pointwise tail (order key to float,
+    clipping to alpha, subnormals) was fused into the per-element loop and
+    ran once per vector of 8 elements, which made the compiled b=4 forward
+    slower than torch's uniform fake quant (``benchmarks/bench_torch.py``).
+    Returns a copy: the graph owns its outputs, the cache keeps its tables.
+    On a GPU the cache key is a copy of the qparams to the host, as in eager
+    code.
+    """
+    return _rounding_tables(quantization_levels, alpha)[0].clone()
+
+
+@_thresholds.register_fake
+def _(quantization_levels, alpha):
+    return torch.empty_like(quantization_levels)
+
+
 @torch.library.custom_op("apot::grid_or_search", mutates_args=())
 def _grid_or_search(
-    x: Tensor,
-    theta: Tensor,
-    values: Tensor,
-    nan: Tensor,
-    ok: Tensor,
-    origin: Tensor,
-    scale: Tensor,
-    top: Tensor,
-    threshold: Tensor,
-    below: Tensor,
-    above: Tensor,
+    x: Tensor, alpha: Tensor, gamma: Tensor, quantization_levels: Tensor, values: Tensor, nan_value: float
 ) -> Tensor:
-    """The data-dependent part of ``lookup`` as one operator for traced
-    graphs: the exact grid (``ok``) as a fused compiled kernel, else the
-    binary search."""
-    if bool(ok):
-        return _compiled_grid_lookup()(x.reshape(-1), origin, scale, top, threshold, below, above, nan).view(x.shape)
-    out = values[torch.searchsorted(theta, x.contiguous(), right=False).clamp(max=theta.shape[0] - 1)]
-    return torch.where(torch.isnan(x), nan, out)
+    """``lookup`` of more than ``SELECT_CHAIN_MAX_LEVELS`` levels as one
+    operator for traced graphs: the tables from the cache, then the exact
+    grid as a fused compiled kernel, or the binary search."""
+    nan = int(nan_value) if not values.is_floating_point() else nan_value
+    return _eager_lookup(x, alpha, gamma, quantization_levels, values, nan, True)
 
 
 @_grid_or_search.register_fake
-def _(x, theta, values, nan, ok, origin, scale, top, threshold, below, above):
+def _(x, alpha, gamma, quantization_levels, values, nan_value):
     return x.new_empty(x.shape, dtype=values.dtype)
-
-
-@torch.library.custom_op("apot::realize", mutates_args=())
-def _realize(t: Tensor) -> Tensor:
-    """A copy of ``t``, as an operator that Inductor cannot see into.
-
-    The select chain reads the thresholds as scalars. Traced as plain ops,
-    Inductor fuses their pointwise tail (order key to float, clipping to
-    alpha, subnormals; about 20 scalar operations per threshold) into the
-    per-element loop, where the C++ compiler does not hoist it: it ran once
-    per vector of 8 elements, 16 thresholds at b=4, and made the compiled
-    b=4 forward slower than torch's uniform fake quant
-    (``benchmarks/bench_torch.py``). Behind this operator the thresholds are
-    one small kernel, computed once, and the loop only loads them.
-    """
-    return t.clone()
-
-
-@_realize.register_fake
-def _(t):
-    return torch.empty_like(t)
 
 
 #: Elements per pass of _one_comparison on CPU: its temporaries are then

@@ -7,13 +7,13 @@ for b=4 and b=8 (k=2), eager and under ``torch.compile``, beside torch's uniform
 fake quant on the same tensor (eager, and compiled the same way; its
 forward+backward with ``requires_grad``), and the ratios APoT / eager uniform
 and APoT / uniform in the same mode (< 1: APoT is faster), all in one run.
-The qparams are the same at every call: compiled code recomputes the
-rounding tables in its graph every time anyway; eager code keeps them for
-qparams it has seen (``apot_torch._lookup._rounding_tables``), and the row
-``apot eager new`` clears that cache before each call, i.e. recomputes them
-as in QAT with the observer on, where the qparams change every step. The
-functions take turns within each repeat; on a shared machine ``--threads 1``
-gives steadier numbers.
+The qparams are the same at every call: eager and compiled code keep the
+rounding tables for qparams they have seen (``apot_torch._lookup._rounding_tables``;
+compiled graphs read them through the ``apot::`` operators), and the rows
+``apot eager new`` and ``apot comp. new`` clear that cache before each call,
+i.e. recompute them as in QAT with the observer on, where the qparams change
+every step. The functions take turns within each repeat; on a shared machine
+``--threads 1`` gives steadier numbers.
 """
 
 from __future__ import annotations
@@ -101,18 +101,25 @@ def main() -> None:
             lk._TABLE_CACHE.clear()  # as if the qparams were new
             return apot(v)
 
+        apot_compiled = torch.compile(apot)
+
+        def apot_compiled_new(v: torch.Tensor, f: Callable = apot_compiled) -> torch.Tensor:
+            lk._TABLE_CACHE.clear()
+            return f(v)
+
         rows = {
             "uniform": uniform,
             "uniform comp.": torch.compile(uniform),
             "apot eager": apot,
             "apot eager new": apot_new,
-            "apot compiled": torch.compile(apot),
+            "apot compiled": apot_compiled,
+            "apot comp. new": apot_compiled_new,
         }
         fwd = median_ms({name: (lambda f=f: f(x)) for name, f in rows.items()}, args.repeats, device)
         fb = median_ms({name: forward_backward(f, x, dy) for name, f in rows.items()}, args.repeats, device)
         for name in rows:
             # eager rows against eager uniform; compiled rows against both
-            base = "uniform comp." if name.endswith(("comp.", "compiled")) else "uniform"
+            base = "uniform comp." if "comp" in name else "uniform"
             print(
                 f"b={b:<2} {name:>14}  {fwd[name]:>7.2f}ms {fwd[name] / fwd['uniform']:>6.2f} "
                 f"{fwd[name] / fwd[base]:>6.2f}"

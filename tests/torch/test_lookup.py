@@ -157,3 +157,28 @@ def test_table_cache_is_bounded():
         alpha, _, levels, indices = reference_qparams(-mx, mx, 4, 2, False)
         _check_eager(x.numpy(), qp, alpha, levels, indices)
     assert len(lk._TABLE_CACHE) == lk._TABLE_CACHE_SIZE
+
+
+@pytest.mark.parametrize("b,k,signed", [(4, 2, True), (8, 2, False)])
+def test_compiled_graph_reads_the_tables_through_operators(b, k, signed):
+    """A compiled fake quant is one graph that gets the rounding tables from
+    the ``apot::`` operators (the select chain's thresholds, or the whole
+    lookup), not from the 32-step threshold bisection traced into it: that
+    was some 600 Inductor nodes in every graph that rounds, and most of its
+    compile time. The graph is captured before Inductor, so nothing compiles."""
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    qp = at.calculate_qparams(torch.tensor(-2.5), torch.tensor(2.0), b, k, signed)
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(b))
+    compiled = torch.compile(lambda v, *q: at.fake_quantize_function.apply(v, *q), backend=capture, fullgraph=True)
+    np.testing.assert_array_equal(bits(compiled(x, *qp)), bits(at.fake_quantize_function.apply(x, *qp)))
+    (gm,) = graphs
+    ops = [str(node.target) for node in gm.graph.nodes if node.op == "call_function"]
+    chain = num_combinations(b, k, signed) <= SELECT_CHAIN_MAX_LEVELS
+    assert any(("apot.thresholds" if chain else "apot.grid_or_search") in op for op in ops), ops
+    assert len(gm.graph.nodes) < 100, len(gm.graph.nodes)
