@@ -536,6 +536,14 @@ def normalize_weight(w: jax.Array, channel_axis: int | None = None) -> tuple[jax
         count *= w.shape[i]
     if count < 2:
         raise ValueError(f"weight normalization needs at least 2 elements per statistic, got {count}")
+    return _normalize_weight(w, axes)
+
+
+@functools.partial(jax.jit, static_argnums=(1,))  # one program also when called eagerly
+def _normalize_weight(w: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    count = 1
+    for i in axes:
+        count *= w.shape[i]
     stats_of = lax.stop_gradient(w)
     # Fixed-order sums, multiplies by host-rounded constants and a correctly
     # rounded reciprocal instead of jnp.mean and divisions: XLA's reduction
