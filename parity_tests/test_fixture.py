@@ -8,6 +8,7 @@ with ``parity_tests.conftest`` loaded as a plugin, and reads its outcome.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -92,3 +93,44 @@ def test_skip_stays_a_skip(inner_outcomes):
     assert "test_skipped" not in inner_outcomes  # neither passed nor failed nor errored
     assert re.search(r"SKIPPED \[1\] \S*test_inner.py:\d+: not here", text), text[-2000:]
     assert re.search(r"1 failed, 3 passed, 1 skipped, 2 errors", text), text[-2000:]
+
+
+XDIST_INNER = textwrap.dedent(
+    '''
+    import os
+
+    import numpy as np
+    import pytest
+    from apot_parity import compare
+
+    @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6])
+    def test_records(parity, n):
+        a = np.arange(n, dtype=np.float32)
+        parity.record(os.environ["PYTEST_XDIST_WORKER"], f"case {n}", [compare("x", a, a.copy())])
+    '''
+)
+
+
+def test_worker_comparisons_reach_the_summary_and_report(tmp_path):
+    """Under pytest-xdist the workers run the tests and the controller prints
+    the summary and writes ``--parity-report``: every worker's comparisons
+    must reach it (recorded under the worker's id as backend name)."""
+    pytest.importorskip("xdist")
+    (tmp_path / "test_inner.py").write_text(XDIST_INNER)
+    report = tmp_path / "report.json"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "parity_tests.conftest", "-n", "2", "-q", "-p", "no:cacheprovider",
+         "--backends=jax-cpu", f"--parity-report={report}", "--rootdir", str(tmp_path),
+         str(tmp_path / "test_inner.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "total: 21 element comparisons in 6 checks" in text, text[-3000:]
+    per_worker = dict(re.findall(r"^(gw\d+)\s+\d+ checks,\s+(\d+) comparisons", text, re.M))
+    assert set(per_worker) == {"gw0", "gw1"}, text[-3000:]  # both workers ran tests
+    assert sum(map(int, per_worker.values())) == 21
+    recorded = json.loads(report.read_text())
+    cases = sorted(r["case"] for r in recorded["results"])
+    assert cases == [f"case {n}" for n in range(1, 7)], cases
