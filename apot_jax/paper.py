@@ -531,11 +531,6 @@ def normalize_weight(w: jax.Array, channel_axis: int | None = None) -> tuple[jax
     else:
         axis = _channel_axis(channel_axis, w.ndim)
         axes = tuple(i for i in range(w.ndim) if i != axis)
-    count = 1
-    for i in axes:
-        count *= w.shape[i]
-    if count < 2:
-        raise ValueError(f"weight normalization needs at least 2 elements per statistic, got {count}")
     return _normalize_weight(w, axes)
 
 
@@ -544,6 +539,8 @@ def _normalize_weight(w: jax.Array, axes: tuple[int, ...]) -> tuple[jax.Array, j
     count = 1
     for i in axes:
         count *= w.shape[i]
+    if count < 2:  # shapes are static: raised while tracing, and a failed trace is never cached
+        raise ValueError(f"weight normalization needs at least 2 elements per statistic, got {count}")
     stats_of = lax.stop_gradient(w)
     # Fixed-order sums, multiplies by host-rounded constants and a correctly
     # rounded reciprocal instead of jnp.mean and divisions: XLA's reduction
