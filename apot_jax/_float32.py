@@ -31,6 +31,24 @@ def scale_by_power_of_two(x: jax.Array, e: jax.Array) -> jax.Array:
     return jnp.where(jnp.isfinite(x), scaled, x)
 
 
+def nearest_candidate(candidates: list[jax.Array], residuals: list[jax.Array]) -> jax.Array:
+    """The candidate whose residual is smallest in magnitude, the first on ties
+    (``argmin``'s rule), elementwise over same-shaped arrays (for example the
+    rows of one stacked array).
+
+    A chain of compare-and-selects rather than ``stack``/``argmin``/gather: it
+    fuses with its operands into one kernel, where the reduction and the
+    gather were kernels of their own (each one more for XLA to compile).
+    """
+    best, best_residual = candidates[0], jnp.abs(residuals[0])
+    for candidate, residual in zip(candidates[1:], residuals[1:]):
+        residual = jnp.abs(residual)
+        closer = residual < best_residual
+        best = jnp.where(closer, candidate, best)
+        best_residual = jnp.where(closer, residual, best_residual)
+    return best
+
+
 def as_float32(x: jax.Array, what: str) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -42,5 +60,6 @@ __all__ = [
     "as_float32",
     "bits",
     "from_bits",
+    "nearest_candidate",
     "scale_by_power_of_two",
 ]

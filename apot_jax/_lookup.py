@@ -64,7 +64,7 @@ def _lookup(x: jax.Array, qparams: LookupQParams, values: jax.Array,
         return out
 
     def binary_search(x):
-        return values[jnp.searchsorted(theta, x, side="left")]
+        return values[_levels.search_sorted(theta, x, side="left")]
 
     if n <= SELECT_CHAIN_MAX_LEVELS:
         out = select_chain(x)

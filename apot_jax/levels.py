@@ -65,11 +65,14 @@ def gamma(alpha: jax.Array, p_sum: float) -> jax.Array:
     p = jnp.float32(p_sum)
     q = m / p
     up = jnp.float32(jnp.inf)
+    # One stacked array, not one expression per candidate: with q = m / p
+    # inlined into each residual, XLA on CPU simplified the middle one into
+    # an expression that rounds (tests/jax/test_levels.py caught it).
     candidates = jnp.stack([jnp.nextafter(q, -up), q, jnp.nextafter(q, up)])
     # residual m - c * p_sum, exact: p_sum = 2 - 2**(1-n), and both partial
     # differences below are exact by Sterbenz's lemma.
     residual = (m - 2 * candidates) + candidates * jnp.float32(2.0 - p_sum)
-    best = jnp.take_along_axis(candidates, jnp.argmin(jnp.abs(residual), axis=0)[None], axis=0)[0]
+    best = _float32.nearest_candidate(list(candidates), list(residual))
     g = _float32.scale_by_power_of_two(best, e)
     g = jnp.where(alpha > 0, g, jnp.float32(0))
     return jnp.where(valid, g, jnp.float32(jnp.nan))
@@ -122,6 +125,21 @@ def _prefers_lower(x: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Arra
     return (x - lower) <= (upper - x)
 
 
+#: Up to this many comparisons, a sorted search compares every pair (one
+#: fused reduction); beyond, it bisects in a loop (several kernels: XLA's
+#: compile time grows with their count, and a loop's iterations run one
+#: after another). Both give the same positions.
+COMPARE_ALL_MAX = 2**18
+
+
+def search_sorted(sorted_values: jax.Array, queries: jax.Array, side: str) -> jax.Array:
+    """``jnp.searchsorted(sorted_values, queries, side=side)`` (int32, shaped
+    like ``queries``), by comparing every pair when that is small
+    (``COMPARE_ALL_MAX``), else by bisection."""
+    small = sorted_values.shape[-1] * queries.size <= COMPARE_ALL_MAX
+    return jnp.searchsorted(sorted_values, queries, side=side, method="compare_all" if small else "scan")
+
+
 def thresholds(level_values: jax.Array, alpha: jax.Array) -> jax.Array:
     """Decision thresholds of the rounding rule.
 
@@ -139,21 +157,22 @@ def thresholds(level_values: jax.Array, alpha: jax.Array) -> jax.Array:
     n = level_values.shape[-1]
     inf = jnp.float32(jnp.inf)
     # Next distinct value above each level (exact duplicates share it).
-    above = jnp.searchsorted(level_values, level_values, side="right")
+    above = search_sorted(level_values, level_values, side="right")
     has_above = above < n
     lower = level_values
     upper = level_values[jnp.minimum(above, n - 1)]
 
-    lo = _order_key(lower)  # _prefers_lower holds here
-    hi = _order_key(jnp.where(has_above, upper, lower))  # and fails here
+    # bounds[0] (lo): _prefers_lower holds there; bounds[1] (hi): it fails.
+    # One (2, N) array so that the loop body is one kernel, not one per bound.
+    bounds = jnp.stack([_order_key(lower), _order_key(jnp.where(has_above, upper, lower))])
 
     def step(_, bounds):
-        lo, hi = bounds
+        lo, hi = bounds[0], bounds[1]
         mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)
         ok = _prefers_lower(_from_order_key(mid), lower, upper)
-        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+        return jnp.where(ok, jnp.stack([mid, hi]), jnp.stack([lo, mid]))
 
-    lo, _ = lax.fori_loop(0, 32, step, (lo, hi))
+    lo = lax.fori_loop(0, 32, step, bounds)[0]
     theta = jnp.where(has_above, _from_order_key(lo), inf)
     alpha = jnp.asarray(alpha, jnp.float32)
     # Clipping x to [-alpha, alpha] first: thresholds at or above alpha are
@@ -206,14 +225,16 @@ def rounding_grid(theta: jax.Array, level_values: jax.Array, alpha: jax.Array) -
     )
     distinct = theta[1:] != theta[:-1]
     exact = jnp.all(~distinct | (cell_of[1:] > cell_of[:-1]))
-    ids = jnp.arange(cells, dtype=jnp.int32)
-    lower = jnp.searchsorted(cell_of, ids, side="left").astype(jnp.int32)
-    upper = jnp.searchsorted(cell_of, ids, side="right").astype(jnp.int32)
+    # cell_of is integer, so count(cell_of <= c) is count(cell_of < c + 1):
+    # one search gives both ends of every cell
+    ends = search_sorted(cell_of, jnp.arange(cells + 1, dtype=jnp.int32), side="left").astype(jnp.int32)
+    lower, upper = ends[:-1], ends[1:]
     threshold = jnp.where(upper > lower, theta[jnp.minimum(lower, n - 1)], jnp.inf)
     return RoundingGrid(origin, scale, threshold, lower, upper, exact)
 
 
 __all__ = [
+    "COMPARE_ALL_MAX",
     "RoundingGrid",
     "flush_subnormal",
     "gamma",
@@ -221,5 +242,6 @@ __all__ = [
     "levels",
     "positive_zero",
     "rounding_grid",
+    "search_sorted",
     "thresholds",
 ]

@@ -269,6 +269,7 @@ def reciprocal(alpha: jax.Array) -> jax.Array:
     up, down = jnp.float32(jnp.inf), jnp.float32(-jnp.inf)
     below = jnp.nextafter(q, down)
     above = jnp.nextafter(q, up)
+    # one stacked array, as in apot_jax.levels.gamma (why: see there)
     candidates = jnp.stack([jnp.nextafter(below, down), below, q, above, jnp.nextafter(above, up)])
     # Residual 2**48 * (1 - c * m) = 2**48 - C * M with C = c * 2**25 and
     # M = m * 2**23, both integers (c >= 0.25). |residual| < 2**27, so the
@@ -276,7 +277,7 @@ def reciprocal(alpha: jax.Array) -> jax.Array:
     big_c = (candidates * jnp.float32(2.0**25)).astype(jnp.int32)
     big_m = (m * jnp.float32(2.0**23)).astype(jnp.int32)
     residual = -(big_c * big_m)
-    best = jnp.take_along_axis(candidates, jnp.argmin(jnp.abs(residual), axis=0)[None], axis=0)[0]
+    best = _float32.nearest_candidate(list(candidates), list(residual))
     r = _float32.scale_by_power_of_two(best, -e)
     r = jnp.where(normal, r, jnp.float32(0))
     return jnp.where((alpha < 0) | jnp.isnan(alpha), jnp.float32(jnp.nan), r)
