@@ -32,7 +32,15 @@ class LookupQParams(Protocol):
 
 #: Up to this many levels, rounding is a chain of compare-and-selects against
 #: scalar thresholds (vectorises, no gather); above it, a per-cell lookup.
-SELECT_CHAIN_MAX_LEVELS = 16
+#: On XLA's CPU backend, up to 64 levels the chain runs as fast as the grid
+#: (within this machine's noise: the signed 4-bit table's 49 levels, 4M
+#: elements, forward 4.7-5.9 against 4.4-4.7 ms, forward and backward
+#: 6.5-8.2 against 7.8-11.3 ms) and compiles in about two thirds of the time
+#: (no grid tables, no conditional); forced at 256 levels it is five times
+#: slower
+#: (``benchmarks/bench_jax.py``, ``benchmarks/bench_compile.py``).
+#: ``apot_torch`` keeps 16 (its chain runs only under ``torch.compile``).
+SELECT_CHAIN_MAX_LEVELS = 64
 
 
 def lookup(x: jax.Array, qparams: LookupQParams, values: jax.Array, nan_value) -> jax.Array:

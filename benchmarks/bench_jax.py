@@ -3,7 +3,8 @@ and the first eager calls of a fresh process.
 
 Run: ``python benchmarks/bench_jax.py [--size N] [--repeats R]``. Prints the
 median time of forward and forward+backward (``jax.vjp``: output and input
-gradient) for b=4 and b=8 (k=2), and the ratio to the uniform fake quant
+gradient) for b=4 (unsigned: 16 levels, signed: 49) and b=8 (256), k=2, and
+the ratio to the uniform fake quant
 ``clip(round(x/s)) * s`` with the same clipped straight-through gradient.
 
 ``--eager`` instead times, in fresh subprocesses, the first eager calls of
@@ -111,11 +112,11 @@ def main() -> None:
         f"median of {args.repeats}"
     )
     print(
-        f"{'b':>2} {'k':>2}  {'apot fwd':>9} {'unif fwd':>9} {'ratio':>6}  "
+        f"{'b':>2} {'k':>2} {'signed':>6} {'levels':>6}  {'apot fwd':>9} {'unif fwd':>9} {'ratio':>6}  "
         f"{'apot f+b':>9} {'unif f+b':>9} {'ratio':>6}"
     )
-    for b in (4, 8):
-        qp = aj.calculate_qparams(-3.0, 3.0, b=b, k=2)
+    for b, signed in ((4, False), (4, True), (8, False)):
+        qp = aj.calculate_qparams(-3.0, 3.0, b=b, k=2, signed=signed)
         qmax = jnp.float32(2 ** (b - 1) - 1)
         scale = jnp.float32(3.0) / qmax
         apot_f = median_ms(jax.jit(aj.fake_quantize), x, qp, repeats=args.repeats)
@@ -123,7 +124,8 @@ def main() -> None:
         apot_fb = median_ms(forward_backward(aj.fake_quantize), x, qp, repeats=args.repeats)
         unif_fb = median_ms(forward_backward(uniform_fake_quant), x, scale, qmax, repeats=args.repeats)
         print(
-            f"{b:>2} {2:>2}  {apot_f:>7.2f}ms {unif_f:>7.2f}ms {apot_f / unif_f:>6.2f}"
+            f"{b:>2} {2:>2} {signed!s:>6} {qp.quantization_levels.shape[0]:>6}"
+            f"  {apot_f:>7.2f}ms {unif_f:>7.2f}ms {apot_f / unif_f:>6.2f}"
             f"  {apot_fb:>7.2f}ms {unif_fb:>7.2f}ms {apot_fb / unif_fb:>6.2f}"
         )
 
