@@ -37,8 +37,7 @@ class LookupQParams(Protocol):
 #: elements, forward 4.7-5.9 against 4.4-4.7 ms, forward and backward
 #: 6.5-8.2 against 7.8-11.3 ms) and compiles in about two thirds of the time
 #: (no grid tables, no conditional); forced at 256 levels it is five times
-#: slower
-#: (``benchmarks/bench_jax.py``, ``benchmarks/bench_compile.py``).
+#: slower (``benchmarks/bench_jax.py``, ``benchmarks/bench_compile.py``).
 #: ``apot_torch`` keeps 16 (its chain runs only under ``torch.compile``).
 SELECT_CHAIN_MAX_LEVELS = 64
 

@@ -110,19 +110,26 @@ def _from_order_key(key: jax.Array) -> jax.Array:
     return _float32.from_bits(jnp.where(key >= 0, key, (-key) | jnp.int32(-(2**31))))
 
 
-def _prefers_lower(x: jax.Array, lower: jax.Array, upper: jax.Array) -> jax.Array:
-    """Whether ``x`` rounds to ``lower`` rather than ``upper`` (numerics 5).
+def _scaled_pair(lower: jax.Array, upper: jax.Array) -> jax.Array:
+    """``stack([lower * s, upper * s, s])``: the operands of :func:`_prefers_lower`.
 
-    The differences are IEEE float32 differences with gradual underflow. Some
-    backends (XLA on CPU and TPU) flush subnormal results, so operands below
-    2**-100 are first scaled by 2**100: exact, and it keeps every difference
-    normal without changing how it rounds.
+    The differences there are IEEE float32 differences with gradual
+    underflow. Some backends (XLA on CPU and TPU) flush subnormal results, so
+    operands below 2**-100 are first scaled by ``s = 2**100``: exact, and it
+    keeps every difference normal without changing how it rounds. One stacked
+    array computed once before the bisection (one kernel, where three loop
+    invariants were three).
     """
-    x = flush_subnormal(x)
     small = jnp.maximum(jnp.abs(lower), jnp.abs(upper)) < jnp.float32(2.0**-100)
     scale = jnp.where(small, jnp.float32(2.0**100), jnp.float32(1))
-    x, lower, upper = x * scale, lower * scale, upper * scale
-    return (x - lower) <= (upper - x)
+    return jnp.stack([lower * scale, upper * scale, scale])
+
+
+def _prefers_lower(x: jax.Array, pair: jax.Array) -> jax.Array:
+    """Whether ``x`` rounds to the lower rather than the upper level of
+    ``pair = _scaled_pair(lower, upper)`` (numerics 5)."""
+    x = flush_subnormal(x) * pair[2]
+    return (x - pair[0]) <= (pair[1] - x)
 
 
 #: Up to this many comparisons, a sorted search compares every pair (one
@@ -165,11 +172,12 @@ def thresholds(level_values: jax.Array, alpha: jax.Array) -> jax.Array:
     # bounds[0] (lo): _prefers_lower holds there; bounds[1] (hi): it fails.
     # One (2, N) array so that the loop body is one kernel, not one per bound.
     bounds = jnp.stack([_order_key(lower), _order_key(jnp.where(has_above, upper, lower))])
+    pair = _scaled_pair(lower, upper)
 
     def step(_, bounds):
         lo, hi = bounds[0], bounds[1]
         mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)
-        ok = _prefers_lower(_from_order_key(mid), lower, upper)
+        ok = _prefers_lower(_from_order_key(mid), pair)
         return jnp.where(ok, jnp.stack([mid, hi]), jnp.stack([lo, mid]))
 
     lo = lax.fori_loop(0, 32, step, bounds)[0]
