@@ -44,8 +44,13 @@ def observe(state: ObserverState, x: jax.Array) -> ObserverState:
 def _observe(state: ObserverState, x: jax.Array) -> ObserverState:
     x = _levels.positive_zero(x)
     finite = jnp.isfinite(x)
-    lo = jnp.min(jnp.where(finite, x, jnp.inf), initial=jnp.inf)
-    hi = jnp.max(jnp.where(finite, x, -jnp.inf), initial=-jnp.inf)
+    # min(x) and -min(-x) = max(x) in one reduction over a stacked array: one
+    # kernel where two reductions were (XLA compiles each on its own). Exact:
+    # negation is, and x holds no -0.0 (positive_zero), so no sign of zero
+    # can flip.
+    both = jnp.stack([jnp.where(finite, x, jnp.inf), jnp.where(finite, -x, jnp.inf)]).reshape(2, -1)
+    lo, neg_hi = jnp.min(both, axis=1, initial=jnp.inf)
+    hi = -neg_hi
     return ObserverState(
         jnp.minimum(jnp.asarray(state.min_val, jnp.float32), lo),
         jnp.maximum(jnp.asarray(state.max_val, jnp.float32), hi),
