@@ -33,8 +33,10 @@ from apot_jax import paper  # noqa: E402
 
 def _observer(b: int, k: int, signed: bool):
     def loss(x):
-        lo, hi = jax.lax.stop_gradient(x.min()), jax.lax.stop_gradient(x.max())
-        return (aj.fake_quantize(x, aj.calculate_qparams(lo, hi, b=b, k=k, signed=signed)) ** 2).sum()
+        # as apot_jax's modules do: observe stop_gradient(x), qparams from the statistics
+        stats = aj.observe(aj.init_observer_state(), jax.lax.stop_gradient(x))
+        qp = aj.calculate_qparams(stats.min_val, stats.max_val, b=b, k=k, signed=signed)
+        return (aj.fake_quantize(x, qp) ** 2).sum()
 
     return jax.grad(loss), (jnp.ones((8, 256), jnp.float32),)
 
