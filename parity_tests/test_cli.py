@@ -10,6 +10,7 @@ from apot_cli.main import main
 from apot_parity import backend_status
 
 
+@pytest.mark.slow
 def test_apot_parity_command(tmp_path, capsys):
     for name in ("jax-cpu", "torch-cpu"):
         if not backend_status(name).available:

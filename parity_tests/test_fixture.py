@@ -111,6 +111,7 @@ XDIST_INNER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_worker_comparisons_reach_the_summary_and_report(tmp_path):
     """Under pytest-xdist the workers run the tests and the controller prints
     the summary and writes ``--parity-report``: every worker's comparisons

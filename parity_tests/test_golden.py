@@ -19,6 +19,7 @@ from parity_tests import expected
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_golden_checker(backend, parity):
     results = golden.check_golden(backend.name)
     parity.add_results(results)

@@ -162,6 +162,7 @@ def _flax_run(init, xs, labels, device):
     return np.array(losses, np.float32), all_stats, all_codes
 
 
+@pytest.mark.slow
 def test_training_parity(jax_backend, parity):
     from apot_parity import compare
 

@@ -25,6 +25,7 @@ def test_ruff_passes():
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_mypy_passes():
     # beside the interpreter: mypy resolves the imports (jax, torch, ...) in
     # the environment it is installed in, which must be the tested one

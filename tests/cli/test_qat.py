@@ -22,6 +22,7 @@ OLD_PAPER = ["--paper-level-set", "apot", "--paper-first-last-bits", "0", "--pap
              "--paper-init", "float"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_qat_prints_table_and_writes_results(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["qat", "--recipe", "prototype", "--bits", "4", *TINY, "--out", str(out), "--plot"]) == 0
@@ -66,6 +67,7 @@ def test_qat_refuses_bad_arguments(capsys):
     assert info.value.code == 2 and "--k" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_qat_paper_recipe_rows_and_export_summary(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["qat", "--bits", "2", "--paper-bits", "3", "2", *OLD_PAPER, *TINY, "--out", str(out)]) == 0
@@ -91,6 +93,7 @@ def test_qat_paper_recipe_rows_and_export_summary(tmp_path, capsys):
     assert data["config"]["paper_activations"] == "learnable"
 
 
+@pytest.mark.slow
 def test_qat_cnn_paper_recipe_defaults(tmp_path, capsys):
     """--model cnn with the paper variant's defaults: the paper's level sets
     (k column "paper", 7/8 levels at 3 bits, 3/4 at 2), the first and last
@@ -119,6 +122,7 @@ def test_qat_refuses_bad_paper_bits(capsys):
     assert info.value.code == 2 and "b >= 2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_qat_qwix_cnn_rows_equal_the_apot_layer_rows(tmp_path):
     """An unmodified nn.Conv/nn.Dense CNN through the Qwix provider trains
     exactly like the same CNN of APoTConv/APoTDense layers: same accuracy and

@@ -178,6 +178,7 @@ def nnx_pairs(qm, ref, layers, scheme):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_nnx_model_through_provider_equals_apot_layers(arch, scheme):
@@ -302,6 +303,7 @@ def linen_pairs(q_params, q_stats, r_params, r_stats, layers, op, scheme):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scheme", ["signed", "paper"])
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_linen_model_through_provider_equals_apot_layers(arch, scheme):
@@ -427,6 +429,7 @@ def train_reference(apply_float, params, xs, ys):
     return losses, params, stats
 
 
+@pytest.mark.slow
 def test_nnx_transformer_block_einsum_path():
     model = NNXBlock(nnx.Rngs(0))
     xs, ys = data((2, 5, 8))
@@ -457,6 +460,7 @@ def test_nnx_transformer_block_einsum_path():
     )
 
 
+@pytest.mark.slow
 def test_linen_transformer_block_einsum_path():
     model = LinenBlock()
     xs, ys = data((2, 5, 8))
