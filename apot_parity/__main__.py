@@ -1,7 +1,7 @@
 """``python -m apot_parity``: the parity report, without the apot CLI.
 
-``python -m apot_parity [check] [--backends ...] [--json PATH] [--no-golden]
-[--no-live]`` checks the golden vectors on every backend present and compares
+``python -m apot_parity [check] [--backends ...] [--configs 4:2:s,...] [--json
+PATH] [--no-golden] [--no-live]`` checks the golden vectors on every backend present and compares
 each backend live against torch on the CPU; ``python -m apot_parity generate
 [--out DIR]`` recomputes the golden files with torch. ``apot parity`` is the
 same check.
@@ -22,12 +22,22 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of the check (shared with ``apot parity``)."""
     parser.add_argument("--backends", default="all",
                         help=f"comma-separated subset of {', '.join(ALL_BACKENDS)} (or jax, torch, all)")
+    parser.add_argument("--configs", type=_configs, metavar="B:K:S,...",
+                        help="only these configurations: b:k:s (signed) or b:k:u (unsigned), comma-separated, "
+                             "for example 4:2:s,3:1:u (default: all 40; the observer streams are always checked)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--no-golden", action="store_true", help="skip the golden-vector checks")
     parser.add_argument("--no-live", action="store_true",
                         help="skip the live comparisons against torch on the CPU")
     parser.add_argument("--golden-dir", default=str(golden.GOLDEN_DIR),
                         help="folder of the golden files and their manifest (default: the packaged one)")
+
+
+def _configs(spec: str) -> tuple[tuple[int, int, bool], ...]:
+    try:
+        return golden.parse_configs(spec)
+    except ValueError as exc:  # argparse reports an ArgumentTypeError with its message
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_check(args: argparse.Namespace) -> int:
@@ -40,10 +50,13 @@ def run_check(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         results = run_checks(backends, golden_checks=not args.no_golden, live=not args.no_live,
-                             golden_dir=args.golden_dir)
+                             golden_dir=args.golden_dir, configs=args.configs)
     except golden.GoldenFileError as exc:
         print(f"apot parity: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a --configs entry without a stored case
+        print(f"apot parity: {exc}", file=sys.stderr)
+        return 2
     elapsed = time.perf_counter() - start
     print(format_table(results))
     t = totals(results)

@@ -66,6 +66,31 @@ CONFIGS = tuple(
     (b, k, s) for b in range(1, 9) for k in range(1, b + 1) if b % k == 0 for s in (False, True)
 )
 
+
+def parse_configs(spec: str) -> tuple[tuple[int, int, bool], ...]:
+    """``"4:2:s,3:1:u"`` -> ``((4, 2, True), (3, 1, False))``: ``b:k:`` then
+    ``s`` (signed) or ``u`` (unsigned), comma-separated.
+
+    >>> parse_configs("4:2:s, 8:1:u")
+    ((4, 2, True), (8, 1, False))
+
+    Raises:
+      ValueError: an item is not ``b:k:s`` / ``b:k:u`` with integers, or
+        none is given. Whether a stored case exists is checked by the
+        checker, against the files it reads.
+    """
+    configs = []
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            continue
+        fields = item.split(":")
+        if len(fields) != 3 or fields[2] not in ("s", "u") or not all(f.isdigit() for f in fields[:2]):
+            raise ValueError(f"config {item!r} is not b:k:s or b:k:u (for example 4:2:s)")
+        configs.append((int(fields[0]), int(fields[1]), fields[2] == "s"))
+    if not configs:
+        raise ValueError(f"no config in {spec!r}; give b:k:s or b:k:u items, comma-separated")
+    return tuple(dict.fromkeys(configs))
+
 #: (min_val, max_val) of the element cases; float32 values.
 STATS = (
     (-1.0, 1.0),
@@ -556,6 +581,23 @@ def element_cases(directory: Path | str = GOLDEN_DIR) -> list[ElementCase]:
     return stored_element_cases(directory)[0]
 
 
+def select_configs(configs: Iterable[tuple[int, int, bool]] | None,
+                   directory: Path | str = GOLDEN_DIR) -> frozenset[tuple[int, int, bool]] | None:
+    """``configs`` as a set of ``(b, k, signed)``, each checked to have stored
+    element cases in ``directory`` (``None``: no restriction).
+
+    Raises:
+      ValueError: a configuration has no stored case.
+    """
+    if configs is None:
+        return None
+    select = frozenset((int(b), int(k), bool(s)) for b, k, s in configs)
+    unknown = select - {case.config for case in element_cases(directory)}
+    if unknown:
+        raise ValueError(f"no golden case for configs {sorted(unknown)}")
+    return select
+
+
 def _check_elements(binding, directory: Path, select) -> list[Result]:
     cases, g = stored_element_cases(directory)
     results = []
@@ -640,7 +682,9 @@ def check_golden(backend: str | None = None, directory: Path | str = GOLDEN_DIR,
         platform name), or ``"torch-cpu"`` / ``"torch-cuda"``; ``None`` is
         JAX's default backend.
       directory: where the ``.npz`` files are (default: the packaged ones).
-      configs: restrict to these ``(b, k, signed)`` (default: all).
+      configs: restrict the element and qparams cases to these ``(b, k,
+        signed)`` (default: all); the observer streams, which have no
+        configuration, are always checked.
 
     Returns:
       One :class:`apot_parity.compare.Result` per comparison; ``status`` is
@@ -649,7 +693,7 @@ def check_golden(backend: str | None = None, directory: Path | str = GOLDEN_DIR,
 
     Raises:
       GoldenFileError: a file is missing or does not match the manifest.
-      ValueError: ``configs`` selects no stored case.
+      ValueError: ``configs`` names a configuration with no stored case.
 
     Imports torch only when a torch backend is asked for: a JAX backend is
     checked with JAX and numpy alone.
@@ -662,16 +706,11 @@ def check_golden(backend: str | None = None, directory: Path | str = GOLDEN_DIR,
         backend = f"jax-{backend}"
     binding = make_binding(backend)
     directory = Path(directory)
-    select = None if configs is None else {(int(b), int(k), bool(s)) for b, k, s in configs}
+    select = select_configs(configs, directory)
     results = _check_qparams(binding, directory, select)
     results += _check_elements(binding, directory, select)
-    if select is None:
-        results += _check_observer(binding, directory)
-    if not results:
-        # reached with configs only (select is not None): without them every stored case is checked
-        raise ValueError(f"no golden case matches configs={sorted(select)}")  # type: ignore[arg-type]
-    return results
+    return results + _check_observer(binding, directory)
 
 
-__all__ = ["GOLDEN_DIR", "GoldenFileError", "check_golden", "element_cases", "generate",
-           "stored_element_cases", "stored_observer_streams"]
+__all__ = ["CONFIGS", "GOLDEN_DIR", "GoldenFileError", "check_golden", "element_cases", "generate",
+           "parse_configs", "select_configs", "stored_element_cases", "stored_observer_streams"]

@@ -19,7 +19,8 @@ from apot_parity.compare import Result, compare_elementwise, compare_qparams
 
 
 def run_checks(backends: Iterable[str], *, golden_checks: bool = True, live: bool = True,
-               golden_dir: str | Path = golden.GOLDEN_DIR) -> list[Result]:
+               golden_dir: str | Path = golden.GOLDEN_DIR,
+               configs: Sequence[tuple[int, int, bool]] | None = None) -> list[Result]:
     """Every check of the report on the named backends.
 
     Args:
@@ -28,6 +29,9 @@ def run_checks(backends: Iterable[str], *, golden_checks: bool = True, live: boo
       live: recompute the golden cases with torch on the CPU and compare
         every other available backend to it.
       golden_dir: the folder of the golden files and their manifest.
+      configs: only these ``(b, k, signed)`` (default: every stored one), in
+        the golden and the live checks; the golden observer streams have no
+        configuration and are always checked.
 
     Returns:
       One :class:`Result` per comparison; an absent backend is one
@@ -36,8 +40,10 @@ def run_checks(backends: Iterable[str], *, golden_checks: bool = True, live: boo
     Raises:
       apot_parity.golden.GoldenFileError: a golden file does not match its
         manifest (checked before any comparison).
+      ValueError: a config has no stored case (checked before any comparison).
     """
     backends = list(backends)
+    golden.select_configs(configs, golden_dir)  # an unknown config fails before any comparison
     results: list[Result] = []
     for name in backends:
         status = backend_status(name)
@@ -46,22 +52,25 @@ def run_checks(backends: Iterable[str], *, golden_checks: bool = True, live: boo
     present = [b for b in backends if backend_status(b).available]
     if golden_checks:
         for name in present:
-            results += golden.check_golden(name, golden_dir)
+            results += golden.check_golden(name, golden_dir, configs)
     if live:
-        results += live_results(present, golden_dir)
+        results += live_results(present, golden_dir, configs)
     return results
 
 
-def live_results(backends: Iterable[str], golden_dir: str | Path = golden.GOLDEN_DIR) -> list[Result]:
-    """Recompute the golden cases with torch on the CPU and compare every
-    other available backend to it, bit for bit."""
+def live_results(backends: Iterable[str], golden_dir: str | Path = golden.GOLDEN_DIR,
+                 configs: Sequence[tuple[int, int, bool]] | None = None) -> list[Result]:
+    """Recompute the golden cases (those of ``configs``, default all) with
+    torch on the CPU and compare every other available backend to it, bit
+    for bit."""
     backends = [b for b in backends if b != "torch-cpu"]
     base_status = backend_status("torch-cpu")
     if not base_status.available:
         return [Result(b, "live", "all", "skipped", detail=f"live checks need torch: {base_status.reason}",
                        source="live") for b in backends]
     base = make_binding("torch-cpu")
-    cases = golden.element_cases(golden_dir)
+    select = golden.select_configs(configs, golden_dir)
+    cases = [c for c in golden.element_cases(golden_dir) if select is None or c.config in select]
     reference = {c.key: base.evaluate(*c.config, c.min_val, c.max_val, c.inputs) for c in cases}
     results = []
     for name in backends:
