@@ -45,9 +45,10 @@ def assert_bitwise(a, b, what):
 
 
 def data(shape, seed=0, classes=10):
-    kx, ky = jax.random.split(jax.random.key(seed))
-    xs = jax.random.normal(kx, (STEPS,) + shape, jnp.float32)
-    ys = jax.random.randint(ky, (STEPS, shape[0]), 0, classes)
+    # numpy, not jax.random: each new shape would compile a sampler (about 1 s)
+    rng = np.random.default_rng(seed)
+    xs = jnp.asarray(rng.standard_normal((STEPS,) + shape, np.float32))
+    ys = jnp.asarray(rng.integers(0, classes, (STEPS, shape[0])), jnp.int32)
     return xs, ys
 
 
