@@ -423,7 +423,11 @@ def train_reference(apply_float, params, xs, ys):
         updates, opt_state = tx.update(grads, opt_state, params)
         return loss, optax.apply_updates(params, updates), stats, opt_state
 
-    opt_state, stats, losses = tx.init(params), {}, []
+    # every statistic from the start, unobserved (what _fq assumes for a new
+    # name): the stats keep one structure, so the step compiles once
+    _, names = jax.eval_shape(lambda p: reference_block_loss(apply_float, p, {}, xs[0], ys[0]), params)
+    stats = {name: (jnp.float32(jnp.inf), jnp.float32(-jnp.inf)) for name in names}
+    opt_state, losses = tx.init(params), []
     for x, y in zip(xs, ys):
         loss, params, stats, opt_state = step(params, stats, opt_state, x, y)
         losses.append(loss)
