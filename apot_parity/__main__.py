@@ -1,8 +1,8 @@
 """``python -m apot_parity``: the parity report, without the apot CLI.
 
 ``python -m apot_parity [check] [--backends ...] [--configs 4:2:s,...] [--json
-PATH] [--no-golden] [--no-live]`` checks the golden vectors on every backend present and compares
-each backend live against torch on the CPU; ``python -m apot_parity generate
+PATH] [--no-golden] [--no-live]`` checks the golden vectors on every backend
+present and compares each backend live against torch on the CPU; ``python -m apot_parity generate
 [--out DIR]`` recomputes the golden files with torch. ``apot parity`` is the
 same check.
 """
@@ -54,7 +54,7 @@ def run_check(args: argparse.Namespace) -> int:
     except golden.GoldenFileError as exc:
         print(f"apot parity: {exc}", file=sys.stderr)
         return 1
-    except ValueError as exc:  # a --configs entry without a stored case
+    except golden.UnknownConfigError as exc:  # a --configs entry without a stored case
         print(f"apot parity: {exc}", file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start

@@ -91,6 +91,7 @@ def parse_configs(spec: str) -> tuple[tuple[int, int, bool], ...]:
         raise ValueError(f"no config in {spec!r}; give b:k:s or b:k:u items, comma-separated")
     return tuple(dict.fromkeys(configs))
 
+
 #: (min_val, max_val) of the element cases; float32 values.
 STATS = (
     (-1.0, 1.0),
@@ -581,20 +582,24 @@ def element_cases(directory: Path | str = GOLDEN_DIR) -> list[ElementCase]:
     return stored_element_cases(directory)[0]
 
 
+class UnknownConfigError(ValueError):
+    """A requested ``(b, k, signed)`` has no stored golden case."""
+
+
 def select_configs(configs: Iterable[tuple[int, int, bool]] | None,
                    directory: Path | str = GOLDEN_DIR) -> frozenset[tuple[int, int, bool]] | None:
     """``configs`` as a set of ``(b, k, signed)``, each checked to have stored
     element cases in ``directory`` (``None``: no restriction).
 
     Raises:
-      ValueError: a configuration has no stored case.
+      UnknownConfigError: a configuration has no stored case.
     """
     if configs is None:
         return None
     select = frozenset((int(b), int(k), bool(s)) for b, k, s in configs)
     unknown = select - {case.config for case in element_cases(directory)}
     if unknown:
-        raise ValueError(f"no golden case for configs {sorted(unknown)}")
+        raise UnknownConfigError(f"no golden case for configs {sorted(unknown)}")
     return select
 
 
@@ -693,7 +698,8 @@ def check_golden(backend: str | None = None, directory: Path | str = GOLDEN_DIR,
 
     Raises:
       GoldenFileError: a file is missing or does not match the manifest.
-      ValueError: ``configs`` names a configuration with no stored case.
+      UnknownConfigError: ``configs`` names a configuration with no stored
+        case (a ``ValueError``).
 
     Imports torch only when a torch backend is asked for: a JAX backend is
     checked with JAX and numpy alone.
@@ -713,4 +719,5 @@ def check_golden(backend: str | None = None, directory: Path | str = GOLDEN_DIR,
 
 
 __all__ = ["CONFIGS", "GOLDEN_DIR", "GoldenFileError", "check_golden", "element_cases", "generate",
-           "parse_configs", "select_configs", "stored_element_cases", "stored_observer_streams"]
+           "UnknownConfigError", "parse_configs", "select_configs", "stored_element_cases",
+           "stored_observer_streams"]

@@ -40,7 +40,8 @@ def run_checks(backends: Iterable[str], *, golden_checks: bool = True, live: boo
     Raises:
       apot_parity.golden.GoldenFileError: a golden file does not match its
         manifest (checked before any comparison).
-      ValueError: a config has no stored case (checked before any comparison).
+      apot_parity.golden.UnknownConfigError: a config has no stored case
+        (checked before any comparison).
     """
     backends = list(backends)
     golden.select_configs(configs, golden_dir)  # an unknown config fails before any comparison
